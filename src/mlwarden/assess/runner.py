@@ -1,0 +1,229 @@
+"""Run an assessment plan: clean accuracy, then every attack over the data in batches.
+
+The runner produces plain data (the content of ``results.json``); rendering
+is left to :mod:`mlwarden.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..attacks.base import model_bounds
+from ..attacks.registry import DEFAULT_ATTACKS, get_attack_entry
+from ..attacks.result import AttackResult
+from ..data import Dataset, load_dataset
+from ..errors import PlanError
+from ..models import check_model_output, resolve_model
+from .context import AssessmentContext
+from .metrics import clean_accuracy, per_sample_record, summarize_attack
+from .plan import AttackSpec, Plan
+from .results import SCHEMA
+from .targets import make_targets
+
+__all__ = ["run_assessment", "run_attack", "predict_in_batches", "EXAMPLES_PER_ATTACK"]
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_PER_ATTACK = 4
+
+
+@torch.no_grad()
+def predict_in_batches(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Return the logits of all images, computed batch by batch in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any]:
+    """Run ``plan`` and return the assessment as plain data (the ``results.json`` content).
+
+    Raises
+    ------
+    MlwardenError
+        The model, data or plan is invalid; the message names the value.
+    """
+    started = time.time()
+    loaded = resolve_model(plan.model, weights=plan.weights)
+    data = load_dataset(plan.data, plan.split).subset(plan.limit)
+    check_model_output(loaded.model, data.images[:2], data.num_classes)
+    model = loaded.model
+    bounds = model_bounds(model, data.bounds if not hasattr(model, "bounds") else None)
+
+    clean_logits = predict_in_batches(model, data.images, plan.batch_size)
+    clean_predictions = clean_logits.argmax(1)
+    accuracy = clean_accuracy(clean_predictions, data.labels)
+    logger.info("clean accuracy of %s on %d samples: %.4f", loaded.name, len(data), accuracy)
+
+    context = AssessmentContext(
+        test=data,
+        load_train=lambda: load_dataset(plan.data, "train"),
+        seed=plan.seed,
+        batch_size=plan.batch_size,
+        bounds=bounds,
+        progress=progress,
+    )
+    specs = plan.attacks or tuple(AttackSpec(name) for name in DEFAULT_ATTACKS)
+    attacks: list[dict[str, Any]] = []
+    for spec in specs:
+        attacks.extend(run_attack(spec, model, data, context, clean_logits, progress=progress))
+
+    return {
+        "schema": SCHEMA,
+        "mlwarden_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+        "plan": plan.to_dict(),
+        "model": loaded.describe(),
+        "data": {
+            "name": data.name,
+            "split": data.split,
+            "samples": len(data),
+            "shape": list(data.images.shape[1:]),
+            "bounds": list(bounds),
+            "class_names": list(data.class_names),
+        },
+        "clean": {
+            "accuracy": accuracy,
+            "per_sample": {"label": data.labels.tolist(), "prediction": clean_predictions.tolist()},
+        },
+        "attacks": attacks,
+    }
+
+
+def run_attack(
+    spec: AttackSpec,
+    model: nn.Module,
+    data: Dataset,
+    context: AssessmentContext,
+    clean_logits: torch.Tensor,
+    *,
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Run one attack spec over the data; return one record per budget."""
+    entry = get_attack_entry(spec.name)
+    try:
+        attack, call = entry.build(spec.settings)
+    except TypeError as error:
+        raise PlanError(f"attack {spec.label()!r}: {error}", value=spec.label()) from None
+    targets = None
+    if "target" in call and call["target"] is not None:
+        targets = make_targets(call["target"], data.labels, data.num_classes, context.seed, clean_logits)
+    prepare = getattr(attack, "prepare", None)
+    if callable(prepare):
+        prepare(model, context)
+
+    budgets = call.get("eps")
+    budget_list = budgets if isinstance(budgets, (list, tuple)) else [budgets]
+    records = []
+    for eps in budget_list:
+        result = _attack_in_batches(attack, model, data, targets, eps, context, spec, progress)
+        record: dict[str, Any] = {
+            "name": entry.name,
+            "label": spec.label() if len(budget_list) == 1 else f"{spec.label()} (eps={eps:g})",
+            "settings": _plain(attack.settings()),
+            "eps": eps,
+            "norm": getattr(attack, "norm", None),
+            "targeted": targets is not None,
+            "target": call.get("target"),
+            "profile": attack.profile.to_dict(),
+            **summarize_attack(result),
+            "per_sample": per_sample_record(result),
+            "examples": _examples(result),
+        }
+        logger.info(
+            "%s: accuracy %.4f, success rate %.4f, %.1f s", record["label"], record["accuracy"], record["success_rate"], record["seconds"]
+        )
+        records.append(record)
+    return records
+
+
+def _attack_in_batches(
+    attack: Any,
+    model: nn.Module,
+    data: Dataset,
+    targets: torch.Tensor | None,
+    eps: float | None,
+    context: AssessmentContext,
+    spec: AttackSpec,
+    progress: bool | None,
+) -> AttackResult:
+    batch_size = context.batch_size
+    results: list[AttackResult] = []
+    correct = seen = 0
+    label = spec.label() if eps is None else f"{spec.name} eps={eps:g}"
+    bar = tqdm(total=len(data), desc=label, unit="img", disable=None if progress is None else not progress, leave=False)
+    for start in range(0, len(data), batch_size):
+        stop = min(start + batch_size, len(data))
+        batch_targets = None if targets is None else targets[start:stop]
+        result = attack(
+            model,
+            data.images[start:stop],
+            data.labels[start:stop],
+            batch_targets,
+            eps=eps,
+            bounds=context.bounds,
+            indices=torch.arange(start, stop),
+        )
+        results.append(result)
+        correct += int(result.robust_correct.sum())
+        seen += len(result)
+        bar.update(len(result))
+        bar.set_postfix(robust_accuracy=f"{correct / seen:.3f}")
+    bar.close()
+    return AttackResult.concatenate(results)
+
+
+def _examples(result: AttackResult) -> list[dict[str, Any]]:
+    """Pick up to four successful samples of different classes, with their images for the figure."""
+    chosen: list[int] = []
+    used_labels: set[int] = set()
+    candidates = (result.success & result.attacked).nonzero().flatten().tolist()
+    for index in candidates:
+        label = int(result.labels[index])
+        if label not in used_labels:
+            chosen.append(index)
+            used_labels.add(label)
+        if len(chosen) == EXAMPLES_PER_ATTACK:
+            break
+    examples = []
+    for index in chosen:
+        examples.append(
+            {
+                "index": index,
+                "label": int(result.labels[index]),
+                "clean_prediction": int(result.clean_predictions[index]),
+                "adversarial_prediction": int(result.predictions[index]),
+                "shape": list(result.inputs.shape[1:]),
+                "original": [round(v, 5) for v in result.inputs[index].flatten().tolist()],
+                "adversarial": [round(v, 5) for v in result.adversarial[index].flatten().tolist()],
+            }
+        )
+    return examples
+
+
+def _plain(value: Any) -> Any:
+    """Return settings as JSON-friendly values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return repr(value)

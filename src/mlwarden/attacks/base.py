@@ -1,0 +1,255 @@
+"""Base class of evasion attacks: input checks, budgets, verification and bookkeeping.
+
+A subclass implements :meth:`EvasionAttack._run` on the samples that still
+need work. The base class owns everything every attack must get right:
+
+- it checks inputs, labels, targets and bounds, and rejects an untargeted
+  attack given targets (or the reverse) instead of silently reinterpreting them;
+- it returns already-adversarial inputs unchanged instead of perturbing them;
+- it clips to the bounds and projects onto the budget of the original input;
+- it recomputes the prediction of every returned input, so a reported success
+  is always a real misclassification (or the target class);
+- it puts the model in eval mode and restores each submodule's mode afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .._validation import check_bounds, check_eps
+from ..errors import ParameterError
+from ..threat import Specificity, ThreatProfile
+from .gradients import CostCounter, evaluation_mode, predict_logits
+from .result import AttackCost, AttackResult, perturbation_norms
+
+__all__ = ["EvasionAttack", "model_bounds"]
+
+logger = logging.getLogger(__name__)
+
+_BOUNDS_TOLERANCE = 1e-6
+
+
+def model_bounds(model: nn.Module, bounds: Sequence[float] | None = None) -> tuple[float, float]:
+    """Return the explicit bounds, else the model's ``bounds`` attribute, else ``(0.0, 1.0)``."""
+    if bounds is None:
+        bounds = getattr(model, "bounds", (0.0, 1.0))
+    return check_bounds(tuple(bounds), "attack")
+
+
+class EvasionAttack:
+    """An evasion attack on a differentiable or query-only classifier.
+
+    Class attributes
+    ----------------
+    name : str
+        Lower-case name used by ``--attack`` and in reports.
+    profile : ThreatProfile
+        Taxonomy tags.
+    norm : {"linf", "l2", "l0", None}
+        Norm of the budget ``eps``; None for attacks without one.
+    needs_eps : bool
+        Whether a call must give ``eps``.
+    """
+
+    name: ClassVar[str] = "attack"
+    profile: ClassVar[ThreatProfile]
+    norm: ClassVar[str | None] = None
+    needs_eps: ClassVar[bool] = False
+
+    def settings(self) -> dict[str, object]:
+        """Return the constructor settings, as stored in ``results.json``."""
+        return {key.lstrip("_"): value for key, value in vars(self).items() if not key.startswith("__")}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{key}={value!r}" for key, value in self.settings().items())
+        return f"{type(self).__name__}({inner})"
+
+    # --- the call -----------------------------------------------------------------
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        eps: float | Sequence[float] | None = None,
+        bounds: Sequence[float] | None = None,
+        indices: torch.Tensor | None = None,
+    ) -> AttackResult | list[AttackResult]:
+        """Attack a batch.
+
+        Parameters
+        ----------
+        model : nn.Module
+            Classifier returning logits (N, num_classes) for inputs in ``bounds``.
+        inputs : torch.Tensor
+            float32 (N, ...) in ``bounds``.
+        labels : torch.Tensor
+            int64 (N,) true labels.
+        targets : torch.Tensor, optional
+            int64 (N,) target classes; makes the run targeted.
+        eps : float or sequence of float
+            Budget in the attack's norm; a sequence runs one attack per budget
+            and returns a list of results.
+        bounds : (low, high), optional
+            Input range; default the model's ``bounds`` attribute or (0, 1).
+        indices : torch.Tensor, optional
+            int64 (N,) global sample ids, which seed per-sample randomness so
+            that a sample's result does not depend on its batch.
+
+        Returns
+        -------
+        AttackResult, or a list of them when ``eps`` is a sequence.
+        """
+        low, high = model_bounds(model, bounds)
+        self._check_batch(inputs, labels, targets, low, high)
+        if indices is None:
+            indices = torch.arange(inputs.shape[0])
+        if self.needs_eps and eps is None:
+            raise ParameterError(f"{self.name}: eps is required; pass eps=0.1 or a list such as [0.05, 0.1]", value=eps)
+        if eps is None:
+            return self._attack_once(model, inputs, labels, targets, None, (low, high), indices)
+        budgets = check_eps(eps, self.name)
+        results = [self._attack_once(model, inputs, labels, targets, budget, (low, high), indices) for budget in budgets]
+        is_sweep = isinstance(eps, Sequence) and not isinstance(eps, str)
+        return results if is_sweep else results[0]
+
+    def _check_batch(
+        self, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, low: float, high: float
+    ) -> None:
+        owner = self.name
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
+            raise ParameterError(
+                f"{owner}: inputs must be a floating-point tensor of shape (N, ...), got "
+                f"{type(inputs).__name__} {getattr(inputs, 'dtype', '')} {tuple(getattr(inputs, 'shape', ()))}",
+                value=type(inputs),
+            )
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != inputs.shape[0]:
+            raise ParameterError(
+                f"{owner}: labels must be an int64 tensor of shape ({inputs.shape[0]},), got "
+                f"{tuple(getattr(labels, 'shape', ()))}",
+                value=labels,
+            )
+        if labels.dtype != torch.int64:
+            raise ParameterError(f"{owner}: labels must be int64, got {labels.dtype}", value=labels.dtype)
+        if inputs.numel() and (float(inputs.min()) < low - _BOUNDS_TOLERANCE or float(inputs.max()) > high + _BOUNDS_TOLERANCE):
+            raise ParameterError(
+                f"{owner}: inputs range from {float(inputs.min()):g} to {float(inputs.max()):g}, outside the bounds "
+                f"[{low:g}, {high:g}]; scale the inputs to the bounds or pass bounds=(low, high)",
+                value=(float(inputs.min()), float(inputs.max())),
+            )
+        modes = self.profile.specificity
+        if targets is not None:
+            if Specificity.TARGETED not in modes:
+                raise ParameterError(
+                    f"{owner} is untargeted only, but targets were given; drop targets (they would otherwise be "
+                    "mistaken for labels to avoid)",
+                    value="targets",
+                )
+            if not isinstance(targets, torch.Tensor) or targets.shape != labels.shape or targets.dtype != torch.int64:
+                raise ParameterError(
+                    f"{owner}: targets must be an int64 tensor of shape {tuple(labels.shape)}, got "
+                    f"{getattr(targets, 'dtype', type(targets).__name__)} {tuple(getattr(targets, 'shape', ()))}",
+                    value=targets,
+                )
+        elif Specificity.UNTARGETED not in modes:
+            raise ParameterError(f"{owner} is a targeted attack: pass targets (int64, one per sample)", value=None)
+
+    def _attack_once(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        eps: float | None,
+        bounds: tuple[float, float],
+        indices: torch.Tensor,
+    ) -> AttackResult:
+        start = time.perf_counter()
+        counter = CostCounter()
+        inputs = inputs.detach()
+        with evaluation_mode(model):
+            clean_predictions = predict_logits(model, inputs, counter).argmax(1)
+            already = self._is_adversarial(clean_predictions, labels, targets)
+            adversarial = inputs.clone()
+            active = (~already).nonzero().flatten()
+            queries_per_sample = None
+            if len(active):
+                sub_targets = None if targets is None else targets[active]
+                found = self._run(
+                    model, inputs[active], labels[active], sub_targets, eps, bounds, indices[active], counter
+                )
+                if isinstance(found, tuple):
+                    found, sub_queries = found
+                    queries_per_sample = torch.zeros(len(inputs), dtype=torch.int64)
+                    queries_per_sample[active] = sub_queries
+                adversarial[active] = self._enforce_budget(found.detach(), inputs[active], eps, bounds)
+            predictions = predict_logits(model, adversarial).argmax(1)
+        success = self._is_adversarial(predictions, labels, targets)
+        norms = perturbation_norms(adversarial, inputs)
+        cost = AttackCost(counter.gradients, counter.queries, time.perf_counter() - start)
+        logger.debug(
+            "%s: %d/%d attacked samples adversarial in %.2f s", self.name, int((success & ~already).sum()), len(active), cost.seconds
+        )
+        return AttackResult(
+            attack=self.name,
+            inputs=inputs,
+            adversarial=adversarial,
+            labels=labels,
+            targets=targets,
+            predictions=predictions,
+            clean_predictions=clean_predictions,
+            success=success,
+            already_adversarial=already,
+            l0=norms["l0"],
+            l2=norms["l2"],
+            linf=norms["linf"],
+            eps=eps,
+            cost=cost,
+            queries_per_sample=queries_per_sample,
+        )
+
+    @staticmethod
+    def _is_adversarial(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        return predictions != labels if targets is None else predictions == targets
+
+    def _enforce_budget(
+        self, adversarial: torch.Tensor, inputs: torch.Tensor, eps: float | None, bounds: tuple[float, float]
+    ) -> torch.Tensor:
+        """Project onto the budget around the original input, then clip to the bounds."""
+        delta = adversarial - inputs
+        if eps is not None and self.norm == "linf":
+            delta = delta.clamp(-eps, eps)
+        elif eps is not None and self.norm == "l2":
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            factor = (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+            delta = delta * factor
+        return (inputs + delta).clamp(bounds[0], bounds[1])
+
+    # --- for subclasses -------------------------------------------------------------
+
+    def _run(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        eps: float | None,
+        bounds: tuple[float, float],
+        indices: torch.Tensor,
+        counter: CostCounter,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Return adversarial candidates for samples that are not yet adversarial.
+
+        Runs in eval mode, under the model's bounds. May also return a
+        per-sample query count as a second element. The base class verifies
+        the candidates, so a subclass need not track success perfectly.
+        """
+        raise NotImplementedError

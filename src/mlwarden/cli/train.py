@@ -1,0 +1,67 @@
+"""``mlwarden train``: train a zoo model and save safetensors weights with a sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data import load_dataset
+from ..models import TrainingConfig, build, save_weights, train_model
+from ..models.zoo import ARCHITECTURES
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a zoo model and save its weights",
+        description="Train a zoo model on an IDX data set and save safetensors weights with a JSON sidecar "
+        "(architecture, data set, clean test accuracy, SHA-256).",
+    )
+    parser.add_argument("--model", default="lenet5", choices=sorted(ARCHITECTURES), help="architecture (default lenet5)")
+    parser.add_argument("--data", default="fashion-mnist", help="data set name or directory of IDX files")
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialization and shuffling (default 0)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("lenet5.safetensors"), help="weights file to write (default lenet5.safetensors)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    train = load_dataset(args.data, "train")
+    test = load_dataset(args.data, "test")
+    import torch
+
+    torch.manual_seed(config.seed)
+    kwargs = {"num_classes": train.num_classes}
+    model = build(args.model, **kwargs)
+    history = train_model(model, train, test, config, progress=True)
+    for record in history:
+        print(
+            f"epoch {record.epoch:>3}  loss {record.loss:.4f}  train accuracy {record.train_accuracy:.4f}  "
+            f"test accuracy {record.test_accuracy:.4f}  {record.seconds:.1f} s"
+        )
+    metadata = {
+        "architecture": args.model,
+        "architecture_kwargs": kwargs,
+        "dataset": train.name,
+        "clean_test_accuracy": history[-1].test_accuracy,
+        "training": {
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "seed": config.seed,
+            "optimizer": "adam",
+            "history": [record.to_dict() for record in history],
+        },
+    }
+    path = save_weights(model, args.output, metadata)
+    print(f"saved {path} and {path.with_suffix('.json')}")
+    print(json.dumps({"clean_test_accuracy": history[-1].test_accuracy}))
+    return 0
