@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from .context import AssessmentContext
 from .metrics import clean_accuracy, per_sample_record, summarize_attack
 from .plan import AttackSpec, Plan
 from .results import SCHEMA
+from .seeds import attack_identity, derive_seed
 from .targets import make_targets
 
 __all__ = ["run_assessment", "run_attack", "predict_in_batches", "EXAMPLES_PER_ATTACK"]
@@ -112,19 +114,35 @@ def run_attack(
     model: nn.Module,
     data: Dataset,
     context: AssessmentContext,
-    clean_logits: torch.Tensor,
+    clean_logits: torch.Tensor | None,
     *,
     progress: bool | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run one attack spec over the data; return one record per budget."""
+    """Run one attack spec over the data; return one record per budget.
+
+    ``shard`` limits the run to the samples ``start:stop`` (global indices,
+    a multiple of the batch size apart so that batches match a whole run);
+    ``clean_logits`` then covers those samples only, and may be None, in
+    which case they are computed when a target mode needs them. Randomness is
+    seeded from the plan's seed and the attack's identity (see
+    :mod:`mlwarden.assess.seeds`), so shards give the same per-sample results
+    as one run.
+    """
     entry = get_attack_entry(spec.name)
+    start, stop = shard if shard is not None else (0, len(data))
+    seed = derive_seed(context.seed, attack_identity(spec.name, spec.settings))
+    context = replace(context, seed=seed)
+    settings = dict(spec.settings)
+    if "seed" in entry.setting_names() and "seed" not in settings and "seed" not in entry.defaults:
+        settings["seed"] = seed
     try:
-        attack, call = entry.build(spec.settings)
+        attack, call = entry.build(settings)
     except TypeError as error:
         raise PlanError(f"attack {spec.label()!r}: {error}", value=spec.label()) from None
     targets = None
     if "target" in call and call["target"] is not None:
-        targets = make_targets(call["target"], data.labels, data.num_classes, context.seed, clean_logits)
+        targets = _shard_targets(call["target"], data, seed, clean_logits, start, stop, context.batch_size, model)
     prepare = getattr(attack, "prepare", None)
     if callable(prepare):
         prepare(model, context)
@@ -133,7 +151,7 @@ def run_attack(
     budget_list = budgets if isinstance(budgets, (list, tuple)) else [budgets]
     records = []
     for eps in budget_list:
-        result = _attack_in_batches(attack, model, data, targets, eps, context, spec, progress)
+        result = _attack_in_batches(attack, model, data, targets, eps, context, spec, progress, start, stop)
         record: dict[str, Any] = {
             "name": entry.name,
             "label": spec.label() if len(budget_list) == 1 else f"{spec.label()} (eps={eps:g})",
@@ -145,7 +163,7 @@ def run_attack(
             "profile": attack.profile.to_dict(),
             **summarize_attack(result),
             "per_sample": per_sample_record(result),
-            "examples": _examples(result),
+            "examples": _examples(result, offset=start),
         }
         logger.info(
             "%s: accuracy %.4f, success rate %.4f, %.1f s", record["label"], record["accuracy"], record["success_rate"], record["seconds"]
@@ -163,15 +181,19 @@ def _attack_in_batches(
     context: AssessmentContext,
     spec: AttackSpec,
     progress: bool | None,
+    first: int = 0,
+    end: int | None = None,
 ) -> AttackResult:
+    """Attack the samples ``first:end`` batch by batch; ``targets`` covers those samples only."""
     batch_size = context.batch_size
+    end = len(data) if end is None else end
     results: list[AttackResult] = []
     correct = seen = 0
     label = spec.label() if eps is None else f"{spec.name} eps={eps:g}"
-    bar = tqdm(total=len(data), desc=label, unit="img", disable=None if progress is None else not progress, leave=False)
-    for start in range(0, len(data), batch_size):
-        stop = min(start + batch_size, len(data))
-        batch_targets = None if targets is None else targets[start:stop]
+    bar = tqdm(total=end - first, desc=label, unit="img", disable=None if progress is None else not progress, leave=False)
+    for start in range(first, end, batch_size):
+        stop = min(start + batch_size, end)
+        batch_targets = None if targets is None else targets[start - first : stop - first]
         result = attack(
             model,
             data.images[start:stop],
@@ -190,8 +212,33 @@ def _attack_in_batches(
     return AttackResult.concatenate(results)
 
 
-def _examples(result: AttackResult) -> list[dict[str, Any]]:
-    """Pick up to four successful samples of different classes, with their images for the figure."""
+def _shard_targets(
+    mode: Any,
+    data: Dataset,
+    seed: int,
+    clean_logits: torch.Tensor | None,
+    start: int,
+    stop: int,
+    batch_size: int,
+    model: nn.Module,
+) -> torch.Tensor:
+    """Return the targets of the samples ``start:stop``, as a run over the whole data set would choose them."""
+    if mode != "least-likely":
+        # Random targets are drawn for the whole data set, then cut, so a sample's target ignores the split.
+        return make_targets(mode, data.labels, data.num_classes, seed)[start:stop]
+    if clean_logits is not None and len(clean_logits) == len(data) and (start, stop) != (0, len(data)):
+        clean_logits = clean_logits[start:stop]
+    if clean_logits is None:
+        clean_logits = predict_in_batches(model, data.images[start:stop], batch_size)
+    return make_targets(mode, data.labels[start:stop], data.num_classes, seed, clean_logits)
+
+
+def _examples(result: AttackResult, offset: int = 0) -> list[dict[str, Any]]:
+    """Pick up to four successful samples of different classes, with their images for the figure.
+
+    ``offset`` is the global index of the result's first sample, so that the
+    stored indices are global.
+    """
     chosen: list[int] = []
     used_labels: set[int] = set()
     candidates = (result.success & result.attacked).nonzero().flatten().tolist()
@@ -206,7 +253,7 @@ def _examples(result: AttackResult) -> list[dict[str, Any]]:
     for index in chosen:
         examples.append(
             {
-                "index": index,
+                "index": index + offset,
                 "label": int(result.labels[index]),
                 "clean_prediction": int(result.clean_predictions[index]),
                 "adversarial_prediction": int(result.predictions[index]),
