@@ -22,7 +22,7 @@ from ..attacks.registry import DEFAULT_ATTACKS, get_attack_entry
 from ..attacks.result import AttackResult
 from ..data import Dataset, load_dataset
 from ..errors import PlanError
-from ..models import check_model_output, resolve_model
+from ..models import LoadedModel, check_model_output, resolve_model
 from .context import AssessmentContext
 from .metrics import clean_accuracy, per_sample_record, summarize_attack
 from .plan import AttackSpec, Plan
@@ -30,7 +30,15 @@ from .results import SCHEMA
 from .seeds import attack_identity, derive_seed
 from .targets import make_targets
 
-__all__ = ["run_assessment", "run_attack", "predict_in_batches", "EXAMPLES_PER_ATTACK"]
+__all__ = [
+    "run_assessment",
+    "run_attack",
+    "predict_in_batches",
+    "load_inputs",
+    "plan_attacks",
+    "results_header",
+    "EXAMPLES_PER_ATTACK",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +64,8 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
         The model, data or plan is invalid; the message names the value.
     """
     started = time.time()
-    loaded = resolve_model(plan.model, weights=plan.weights)
-    data = load_dataset(plan.data, plan.split).subset(plan.limit)
-    check_model_output(loaded.model, data.images[:2], data.num_classes)
+    loaded, data, bounds = load_inputs(plan)
     model = loaded.model
-    bounds = model_bounds(model, data.bounds if not hasattr(model, "bounds") else None)
 
     clean_logits = predict_in_batches(model, data.images, plan.batch_size)
     clean_predictions = clean_logits.argmax(1)
@@ -75,11 +80,38 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
         bounds=bounds,
         progress=progress,
     )
-    specs = plan.attacks or tuple(AttackSpec(name) for name in DEFAULT_ATTACKS)
     attacks: list[dict[str, Any]] = []
-    for spec in specs:
+    for spec in plan_attacks(plan):
         attacks.extend(run_attack(spec, model, data, context, clean_logits, progress=progress))
 
+    return {
+        **results_header(plan, loaded, data, bounds, started),
+        "clean": {
+            "accuracy": accuracy,
+            "per_sample": {"label": data.labels.tolist(), "prediction": clean_predictions.tolist()},
+        },
+        "attacks": attacks,
+    }
+
+
+def load_inputs(plan: Plan) -> tuple[LoadedModel, Dataset, tuple[float, float]]:
+    """Load the plan's model and data, check that they fit together, and return them with the input bounds."""
+    loaded = resolve_model(plan.model, weights=plan.weights)
+    data = load_dataset(plan.data, plan.split).subset(plan.limit)
+    check_model_output(loaded.model, data.images[:2], data.num_classes)
+    bounds = model_bounds(loaded.model, data.bounds if not hasattr(loaded.model, "bounds") else None)
+    return loaded, data, bounds
+
+
+def plan_attacks(plan: Plan) -> tuple[AttackSpec, ...]:
+    """Return the plan's attacks, or the default attacks when it names none."""
+    return plan.attacks or tuple(AttackSpec(name) for name in DEFAULT_ATTACKS)
+
+
+def results_header(
+    plan: Plan, loaded: LoadedModel, data: Dataset, bounds: tuple[float, float], started: float
+) -> dict[str, Any]:
+    """Return the fields of ``results.json`` that describe the run: schema, environment, plan, model and data."""
     return {
         "schema": SCHEMA,
         "mlwarden_version": __version__,
@@ -101,11 +133,6 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
             "bounds": list(bounds),
             "class_names": list(data.class_names),
         },
-        "clean": {
-            "accuracy": accuracy,
-            "per_sample": {"label": data.labels.tolist(), "prediction": clean_predictions.tolist()},
-        },
-        "attacks": attacks,
     }
 
 
