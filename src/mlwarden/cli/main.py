@@ -23,6 +23,10 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 SUBCOMMAND_MODULES = [
     "assess",
     "train",
+    "keygen",
+    "sign",
+    "verify",
+    "scan_model",
 ]
 
 EXIT_USAGE = 2
