@@ -236,6 +236,10 @@ class Allowlist:
         Top-level packages (``"sklearn"``) whose modules may be imported for
         classes that the module's source file itself defines. The source is
         parsed, never imported; tests and vendored ``externals`` are excluded.
+    modules : frozenset of str
+        Top-level module names whose every name is allowed. Used for
+        ``__torch__``, the namespace of classes compiled from a TorchScript
+        archive's own code, which no Python import can reach.
 
     Examples
     --------
@@ -246,6 +250,7 @@ class Allowlist:
 
     names: frozenset[str] = field(default_factory=frozenset)
     packages: tuple[str, ...] = ()
+    modules: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
     def default(cls) -> Allowlist:
@@ -259,13 +264,19 @@ class Allowlist:
 
     def with_names(self, names: Iterable[str]) -> Allowlist:
         """Return a copy that also allows ``names`` (exact ``module.qualname`` strings)."""
-        return Allowlist(self.names | frozenset(names), self.packages)
+        return Allowlist(self.names | frozenset(names), self.packages, self.modules)
+
+    def with_modules(self, modules: Iterable[str]) -> Allowlist:
+        """Return a copy that also allows every name of the top-level ``modules``."""
+        return Allowlist(self.names, self.packages, self.modules | frozenset(modules))
 
     def allows(self, module: str, name: str) -> bool:
         """Return whether importing ``name`` from ``module`` is allowed."""
         if f"{module}.{name}" in self.names:
             return True
         top = module.split(".", 1)[0]
+        if top in self.modules:
+            return True
         return top in self.packages and _is_class_defined_in_source(module, name)
 
     def check_arguments(self, module: str, name: str, args: Any) -> str | None:

@@ -226,6 +226,8 @@ def _scan_zip(stream: BinaryIO, result: ScanResult, allowlist: Allowlist) -> Non
                     "code/",
                 )
             )
+            # The TorchScript unpickler resolves __torch__.* against the archive's compiled code, not Python modules.
+            allowlist = allowlist.with_modules(["__torch__"])
         for info in infos:
             if info.filename.endswith(".pkl"):
                 _scan_member(archive, info, result, allowlist, _scan_pickles)
