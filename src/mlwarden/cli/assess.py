@@ -1,0 +1,83 @@
+"""``mlwarden assess``: run a model and data set through attacks and write a report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..assess import AttackSpec, Plan, load_plan, parse_spec, run_assessment, write_results
+from ..attacks.registry import ATTACKS, DEFAULT_ATTACKS, get_attack_entry
+from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
+
+__all__ = ["register", "run", "build_plan"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "assess",
+        help="measure a model's accuracy under attack and write a report",
+        description="Run a model and a data set through attacks; print the accuracy table and write "
+        "results.json, report.md and one figure per attack. Defaults: the shipped LeNet-5 on the Fashion-MNIST "
+        f"test set with the attacks {', '.join(DEFAULT_ATTACKS)}.",
+    )
+    parser.add_argument(
+        "--model",
+        help="zoo name (lenet5), a .safetensors file with its sidecar, a TorchScript file, or package.module:factory "
+        "(with --weights); default lenet5",
+    )
+    parser.add_argument("--weights", help="weights file for --model package.module:factory")
+    parser.add_argument("--data", help="data set name (fashion-mnist, mnist) or directory of IDX files; default fashion-mnist")
+    parser.add_argument(
+        "--attack",
+        action="append",
+        metavar="NAME[:key=value,...]",
+        help="attack to run, repeatable, e.g. fgsm:eps=0.05 or deepfool:steps=100; default "
+        f"{' '.join(DEFAULT_ATTACKS)}. 'mlwarden assess --list-attacks' lists the names",
+    )
+    parser.add_argument("--plan", type=Path, help="YAML plan with model, data, attacks and settings")
+    parser.add_argument("--limit", type=int, help="assess only the first N samples of the split")
+    parser.add_argument("--batch-size", type=int, help="samples per attack batch (default 500)")
+    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    parser.add_argument("--output", type=Path, help="directory for results.json, report.md and figures (default assessment)")
+    parser.add_argument("--list-attacks", action="store_true", help="list the attack names and exit")
+    parser.set_defaults(func=run)
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Combine the plan file (if any) with the options given on the command line, which take precedence."""
+    plan = load_plan(args.plan) if args.plan else Plan()
+    attacks = None
+    if args.attack:
+        attacks = tuple(AttackSpec(*parse_spec(text)) for text in args.attack)
+    plan = plan.updated(
+        model=args.model,
+        weights=args.weights,
+        data=args.data,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        output=None if args.output is None else str(args.output),
+        attacks=attacks,
+    )
+    if not plan.attacks:
+        plan = plan.updated(attacks=tuple(AttackSpec(name) for name in DEFAULT_ATTACKS))
+    for spec in plan.attacks:
+        get_attack_entry(spec.name)
+    return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_attacks:
+        get_attack_entry(DEFAULT_ATTACKS[0])
+        for name in sorted(ATTACKS):
+            print(f"{name:<12} {ATTACKS[name].summary}")
+        return 0
+    plan = build_plan(args)
+    results = run_assessment(plan, progress=None)
+    output = Path(plan.output)
+    results_path = write_results(results, output)
+    report_path = render_report(results, output)
+    print(format_table(ATTACK_COLUMNS, attack_rows(results)))
+    figures = sorted(output.glob("[0-9][0-9]-*.png"))
+    print(f"\nwrote {results_path}, {report_path} and {len(figures)} figures in {output}/")
+    return 0

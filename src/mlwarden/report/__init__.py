@@ -1,0 +1,21 @@
+"""Reports rendered from ``results.json`` data: Markdown, figures and the console table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .figures import render_figures
+from .markdown import render_markdown
+from .table import ATTACK_COLUMNS, attack_rows, format_table
+
+__all__ = ["render_report", "render_markdown", "render_figures", "format_table", "attack_rows", "ATTACK_COLUMNS"]
+
+
+def render_report(results: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``report.md`` and the figures into ``directory``; return the report's path."""
+    directory = Path(directory)
+    figures = render_figures(results, directory)
+    path = directory / "report.md"
+    path.write_text(render_markdown(results, figures))
+    return path

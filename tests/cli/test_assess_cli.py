@@ -1,0 +1,106 @@
+"""End-to-end runs of ``mlwarden assess`` on real Fashion-MNIST images with the shipped LeNet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlwarden.assess import read_results
+from mlwarden.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def assessment(tmp_path_factory):
+    output = tmp_path_factory.mktemp("assessment")
+    status = main(["assess", "--limit", "300", "--batch-size", "150", "--output", str(output)])
+    assert status == 0
+    return output
+
+
+def test_default_attacks_cut_accuracy(assessment):
+    results = read_results(assessment)
+    clean = results["clean"]["accuracy"]
+    assert clean > 0.85
+    assert [a["name"] for a in results["attacks"]] == ["fgsm", "bim", "deepfool", "jsma"]
+    for attack in results["attacks"]:
+        assert attack["accuracy"] < clean - 0.5, attack["name"]
+        assert attack["success_rate"] > 0.5
+        assert attack["l2"]["mean"] > 0
+        assert attack["seconds"] > 0
+        assert attack["gradients"] > 0
+
+
+def test_results_have_schema_and_per_sample_data(assessment):
+    results = json.loads((assessment / "results.json").read_text())
+    assert results["schema"] == "mlwarden.results/1"
+    assert results["data"]["samples"] == 300
+    for attack in results["attacks"]:
+        assert len(attack["per_sample"]["success"]) == 300
+        assert {"goal", "knowledge", "level"} <= set(attack["profile"])
+
+
+def test_report_and_figures_written(assessment):
+    report = (assessment / "report.md").read_text()
+    assert "| clean |" in report
+    assert "| fgsm |" in report
+    figures = sorted(p.name for p in assessment.glob("*.png"))
+    assert figures == ["01-fgsm.png", "02-bim.png", "03-deepfool.png", "04-jsma.png"]
+    for name in figures:
+        assert (assessment / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_results(tmp_path):
+    figures = []
+    for run in range(2):
+        output = tmp_path / f"run{run}"
+        assert main(["assess", "--limit", "40", "--attack", "bim", "--attack", "jsma:gamma=0.05", "--output", str(output)]) == 0
+        results = read_results(output)
+        figures.append([(a["accuracy"], a["l2"]["mean"], a["per_sample"]["prediction"]) for a in results["attacks"]])
+    assert figures[0] == figures[1]
+
+
+def test_targeted_run_from_plan(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("limit: 40\nattacks:\n  - name: bim\n    eps: 0.2\n    target: next\n")
+    assert main(["assess", "--plan", str(plan), "--output", str(tmp_path / "out")]) == 0
+    attack = read_results(tmp_path / "out")["attacks"][0]
+    assert attack["targeted"] is True
+    labels = read_results(tmp_path / "out")["clean"]["per_sample"]["label"]
+    for label, prediction, success in zip(labels, attack["per_sample"]["prediction"], attack["per_sample"]["success"]):
+        assert bool(success) == (prediction == (label + 1) % 10)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--attack", "fgms"], "unknown attack 'fgms'"),
+        (["--attack", "fgsm:eps=-1"], "eps must be a number >= 0"),
+        (["--attack", "jsma:gamma=2"], "gamma must be a number in (0, 1]"),
+        (["--model", "nothing-here"], "neither a zoo name"),
+        (["--data", "/nonexistent/dir"], "unknown data set"),
+        (["--limit", "0"], "limit must be a positive integer"),
+        (["--attack", "deepfool:target=random"], "untargeted only"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(arguments, message):
+    process = subprocess.run(
+        [sys.executable, "-m", "mlwarden.cli.main", "assess", "--limit", "5", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 2
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1, process.stderr
+    assert lines[0].startswith("mlwarden: error:")
+    assert message in lines[0]
+
+
+def test_list_attacks(capsys):
+    assert main(["assess", "--list-attacks"]) == 0
+    output = capsys.readouterr().out
+    for name in ("fgsm", "bim", "deepfool", "jsma"):
+        assert name in output
