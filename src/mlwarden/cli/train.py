@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import load_dataset
 from ..models import TrainingConfig, build, save_weights, train_model
+from ..models.training import EpochRecord
 from ..models.zoo import ARCHITECTURES
 
 __all__ = ["register", "run"]
@@ -32,6 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _print_epoch(record: EpochRecord) -> None:
+    extra = "".join(f"  {key.replace('_', ' ')} {value:.4f}" for key, value in record.extra.items())
+    print(
+        f"epoch {record.epoch:>3}  loss {record.loss:.4f}  train accuracy {record.train_accuracy:.4f}  "
+        f"test accuracy {record.test_accuracy:.4f}{extra}  {record.seconds:.1f} s",
+        flush=True,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     train = load_dataset(args.data, "train")
@@ -41,12 +51,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(config.seed)
     kwargs = {"num_classes": train.num_classes}
     model = build(args.model, **kwargs)
-    history = train_model(model, train, test, config, progress=True)
-    for record in history:
-        print(
-            f"epoch {record.epoch:>3}  loss {record.loss:.4f}  train accuracy {record.train_accuracy:.4f}  "
-            f"test accuracy {record.test_accuracy:.4f}  {record.seconds:.1f} s"
-        )
+    history = train_model(model, train, test, config, on_epoch_end=_print_epoch, progress=None)
     metadata = {
         "architecture": args.model,
         "architecture_kwargs": kwargs,

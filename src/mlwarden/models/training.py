@@ -95,6 +95,7 @@ def train_model(
     *,
     batch_loss: BatchLoss = cross_entropy_loss,
     epoch_hook: EpochHook | None = None,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
     progress: bool | None = None,
 ) -> list[EpochRecord]:
     """Train ``model`` in place with Adam and return one record per epoch.
@@ -110,6 +111,9 @@ def train_model(
     epoch_hook : callable, optional
         ``(model) -> dict`` of extra figures per epoch (robust accuracy, for
         example), called in eval mode after each epoch.
+    on_epoch_end : callable, optional
+        Receives each epoch's record as soon as it is complete, so a command
+        line can print it while training goes on.
     progress : bool or None
         Show a progress bar; None shows it only on a terminal.
 
@@ -143,6 +147,8 @@ def train_model(
         extra = epoch_hook(model) if epoch_hook else {}
         record = EpochRecord(epoch, total_loss / count, train_accuracy, test_accuracy, time.perf_counter() - start, extra)
         history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
         logger.info(
             "epoch %d/%d: loss %.4f, train accuracy %.4f, test accuracy %.4f%s",
             epoch,
