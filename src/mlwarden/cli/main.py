@@ -27,6 +27,8 @@ SUBCOMMAND_MODULES = [
     "sign",
     "verify",
     "scan_model",
+    "serve",
+    "keys",
 ]
 
 EXIT_USAGE = 2
