@@ -2,8 +2,8 @@
 
 The scanner decides with the allow-list alone: a global outside it flags the
 file, whatever its name. The list of dangerous names only raises the severity
-of such a finding to ``critical`` and says why, so a payload that uses a name
-nobody thought of (``numpy.testing._private.utils.runstring``,
+of such a finding to ``critical`` and explains it, so a payload that uses a
+name missing from that list (``numpy.testing._private.utils.runstring``,
 ``torch.hub.load``) is still flagged.
 
 The default allow-list holds what real checkpoints need:

@@ -244,7 +244,7 @@ class SignedRecord:
 
 
 class Rejection(str, enum.Enum):
-    """Why a record was rejected."""
+    """The reason a record was rejected."""
 
     MALFORMED = "malformed"
     UNKNOWN_DEVICE = "unknown-device"
@@ -273,7 +273,7 @@ class Verdict:
 
 
 class RecordRejected(IntegrityError):
-    """A collector record that failed authentication; ``reason`` says which check failed."""
+    """A collector record that failed authentication; ``reason`` names the check that failed."""
 
     def __init__(self, reason: Rejection, detail: str, *, device_id: str = "") -> None:
         super().__init__(f"record rejected ({reason.value}): {detail}", value=device_id or None)

@@ -140,8 +140,9 @@ class ScanResult:
     path : str
         The file scanned.
     format : str
-        The format recognised from the file's bytes (``torch-zip``, ``torch-legacy``,
-        ``pickle``, ``joblib``, ``numpy``, ``safetensors``, ``onnx``, or ``unknown``).
+        The format recognised from the file's bytes: ``torch-zip``, ``torchscript``,
+        ``torch-legacy``, ``torch-tar``, ``zip``, ``pickle``, ``joblib``, ``numpy``,
+        ``safetensors``, ``onnx`` or ``unknown``.
     globals : list of ImportedGlobal
         Every global imported by every pickle in the file, in stream order.
     findings : list of Finding

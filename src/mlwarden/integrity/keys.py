@@ -3,7 +3,7 @@
 Private keys are written as PKCS#8 PEM with file mode 0600, optionally
 encrypted with a passphrase; public keys as SubjectPublicKeyInfo PEM. A key id
 is the first 16 hex digits of the SHA-256 of the raw 32-byte public key, so a
-manifest can say which key signed it without carrying the key.
+manifest can name the key that signed it without carrying the key.
 
 Reference: Bernstein, Duif, Lange, Schwabe, Yang (2012), "High-speed
 high-security signatures"; RFC 8032 (Ed25519). Keys come from the

@@ -134,7 +134,7 @@ class Manifest:
 
 
 class FileStatus(str, enum.Enum):
-    """What verification found for one file."""
+    """The verdict of verification on one file."""
 
     OK = "ok"
     CHANGED = "changed"
@@ -178,7 +178,7 @@ class VerificationReport:
 
     @property
     def intact(self) -> bool:
-        """Whether the signature holds and every file is unchanged, with nothing added."""
+        """Whether the signature is valid and every file is unchanged, with nothing added."""
         return self.signature_valid and all(check.status is FileStatus.OK for check in self.files)
 
     def problems(self) -> list[FileCheck]:
@@ -309,7 +309,7 @@ def verify_manifest(
     Returns
     -------
     VerificationReport
-        ``intact`` is True only when the signature holds and no file was added,
+        ``intact`` is True only when the signature is valid and no file was added,
         removed or changed.
 
     Raises

@@ -19,7 +19,7 @@ __all__ = ["NonceStore", "MemoryNonceStore", "SQLiteNonceStore"]
 
 @runtime_checkable
 class NonceStore(Protocol):
-    """What :class:`~mlwarden.integrity.collectors.RecordVerifier` needs from a nonce store."""
+    """The interface :class:`~mlwarden.integrity.collectors.RecordVerifier` requires of a nonce store."""
 
     def add_if_absent(self, device_id: str, nonce: str, expires_at: float, now: float) -> bool:
         """Remember ``(device_id, nonce)`` until ``expires_at``; return False if it is already remembered.

@@ -35,6 +35,7 @@ arguments.
 
 from __future__ import annotations
 
+import io
 import logging
 import pickletools
 import re
@@ -145,11 +146,12 @@ def scan_pickle_bytes(data: bytes, *, allowlist: Allowlist | None = None, locati
     ScanResult
         With ``format="pickle"`` and ``path="<bytes>"``.
     """
-    import io
-
     result = ScanResult(path="<bytes>", format="pickle")
     reader = BoundedReader(io.BytesIO(data))
     allowlist = allowlist or Allowlist.default()
+    if not data:
+        result.findings.append(Finding(FindingKind.MALFORMED, Severity.HIGH, "no bytes: an empty input is not a pickle", location))
+        return result
     index = 0
     while not reader.at_eof():
         if not walk_pickle(reader, result, allowlist=allowlist, location=f"{location}pickle {index}").complete:
@@ -358,8 +360,6 @@ class _Walker:
                     f"payloads are nested more than {MAX_NESTING} deep; the innermost were not scanned",
                 )
                 return
-            import io
-
             walk_pickle(
                 BoundedReader(io.BytesIO(payload)),
                 self.result,
