@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(["path", "status", "detail"], [[c.path, c.status.value, c.detail] for c in shown]))
     problems = report.problems()
     if problems:
-        counts = {}
+        counts: dict[str, int] = {}
         for check in problems:
             counts[check.status.value] = counts.get(check.status.value, 0) + 1
         summary = ", ".join(f"{count} {name}" for name, count in sorted(counts.items()))

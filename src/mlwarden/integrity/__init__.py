@@ -9,7 +9,7 @@
 - Safe model loading (:mod:`.model_scan`, :mod:`.pickle_scan`,
   :mod:`.safetensors_check`, :mod:`.onnx_check`, :mod:`.loading`): static scans
   of pickle-based files, safetensors headers and ONNX external data, and
-  :func:`load_model`, which refuses what the scan flags.
+  :func:`load_model`, which rejects what the scan flags.
 """
 
 from .allowlist import Allowlist

@@ -13,7 +13,7 @@ import gzip
 import io
 import lzma
 import zlib
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 __all__ = ["BoundedReader", "ZlibReader", "open_decompressed", "COMPRESSION_PREFIXES"]
 
@@ -42,7 +42,7 @@ class BoundedReader:
     decompressed streams.
     """
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self._position = 0
         self._pending = b""

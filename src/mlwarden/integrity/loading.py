@@ -1,4 +1,4 @@
-"""Safe loading of model files: scan first, refuse what is flagged, then load the safest way.
+"""Safe loading of model files: scan first, reject what is flagged, then load the safest way.
 
 :func:`load_model` opens the file once, scans that open file with
 :func:`~mlwarden.integrity.model_scan.scan_stream`, and loads from the same
@@ -100,7 +100,7 @@ def load_model(
         result = scan_stream(stream, path=path, allowlist=allowlist)
         if result.flagged:
             if not allow_unsafe:
-                raise UnsafeFileError(_refusal(result), value=str(path))
+                raise UnsafeFileError(_rejection_message(result), value=str(path))
             logger.warning("loading flagged file %s because allow_unsafe=True: %s", path, _summary(result))
         stream.seek(0)
         return _load(stream, path, result, map_location, allow_unsafe)
@@ -185,11 +185,11 @@ def _summary(result: ScanResult) -> str:
     )
 
 
-def _refusal(result: ScanResult) -> str:
+def _rejection_message(result: ScanResult) -> str:
     names = result.unlisted_globals()
     imported = f"it imports {', '.join(names)}, outside the allow-list; " if names else ""
     return (
-        f"load_model: refusing {result.path!r} ({result.format}): {imported}{_summary(result)}. "
+        f"load_model: rejected {result.path!r} ({result.format}): {imported}{_summary(result)}. "
         "Fix: get the weights as safetensors or a state dict from a trusted source, or, only if you trust "
         "the file like code, pass allow_unsafe=True"
     )

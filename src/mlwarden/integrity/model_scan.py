@@ -120,7 +120,7 @@ def scan_stream(stream: BinaryIO, *, path: str | os.PathLike[str], allowlist: Al
     elif fmt == "safetensors":
         result.findings.extend(check_safetensors(stream, size))
     elif fmt == "onnx":
-        result.findings.extend(check_onnx(path))
+        result.findings.extend(check_onnx(Path(path)))
     elif fmt == "numpy":
         _scan_npy(BoundedReader(stream), result, allowlist, "npy")
     elif fmt.startswith("joblib-"):

@@ -248,7 +248,7 @@ class _Walker:
     def run(self) -> Any:
         """Walk up to ``STOP`` and return the modelled value it pops."""
         try:
-            for opcode, arg, position in pickletools.genops(self.stream):
+            for opcode, arg, position in pickletools.genops(self.stream):  # type: ignore[arg-type]  # it needs only read, readline and tell
                 self.position = position if position is not None else self.stream.tell()
                 if opcode.name == "STOP":
                     return self.pop()
