@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..assess import AttackSpec, Plan, load_plan, parse_spec, run_assessment, write_results
+from ..assess import AttackSpec, Plan, load_plan, parse_spec, write_results
+from ..assess.engines import ENGINE_NAMES, UNITS_FOLDER, run_plan
+from ..errors import ParameterError
 from ..attacks.registry import ATTACKS, DEFAULT_ATTACKS, get_attack_entry
 from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
 
@@ -40,7 +42,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--output", type=Path, help="directory for results.json, report.md and figures (default assessment)")
     parser.add_argument("--list-attacks", action="store_true", help="list the attack names and exit")
+    add_engine_arguments(parser)
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue an interrupted assessment whose output directory is DIR: reuse its finished units and "
+        "write the results there",
+    )
     parser.set_defaults(func=run)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that choose where work units run (shared with ``scan-data``)."""
+    group = parser.add_argument_group("scale-out")
+    group.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default="local",
+        help="where work units run: local (a process pool on this machine, default) or dask (a Dask cluster; "
+        "needs pip install 'mlwarden[dask]')",
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --engine dask, the address of a running Dask scheduler (tcp://HOST:8786); default: start a "
+        "local cluster on 127.0.0.1",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the local pool or cluster (default: one per CPU; the local engine runs in this "
+        "process when the data fit in one shard)",
+    )
+    group.add_argument(
+        "--shard-size",
+        type=int,
+        metavar="N",
+        help="samples per work unit, rounded up to a multiple of the batch size (default: four batches)",
+    )
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -73,8 +113,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<12} {ATTACKS[name].summary}")
         return 0
     plan = build_plan(args)
-    results = run_assessment(plan, progress=None)
     output = Path(plan.output)
+    if args.resume is not None:
+        if not args.resume.is_dir():
+            raise ParameterError(f"--resume {args.resume}: directory not found", value=str(args.resume))
+        if args.output is not None and args.output != args.resume:
+            raise ParameterError(
+                f"--resume {args.resume} writes its results there; drop --output {args.output}", value=str(args.output)
+            )
+        output = args.resume
+    results = run_plan(
+        plan,
+        engine=args.engine,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        units_dir=output / UNITS_FOLDER,
+        resume=args.resume is not None,
+        progress=None,
+    )
     results_path = write_results(results, output)
     report_path = render_report(results, output)
     print(format_table(ATTACK_COLUMNS, attack_rows(results)))
