@@ -11,7 +11,8 @@ pip=".venv/bin/pip"
 
 # torch first and pinned: any other spec pulls a CUDA build of several gigabytes.
 "$pip" install --quiet "torch==2.13.0"
-"$pip" install --quiet -e ".[dev]"
+# The dask extra is optional for users; the test suite covers --engine dask, so CI installs it.
+"$pip" install --quiet -e ".[dev,dask]"
 
 # The peers for cross-check tests pin other torch versions in their metadata, so they go in
 # without their dependencies; the few they need at import time are listed in the bench extra.
