@@ -34,8 +34,22 @@ SUBCOMMAND_MODULES = [
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the parser with every registered subcommand."""
+def _requested_modules(argv: Sequence[str]) -> list[str]:
+    """Return the subcommand modules to import: only the one named in ``argv``, else all.
+
+    Importing only the requested subcommand keeps a quick command such as
+    ``mlwarden verify`` from paying for the import of PyTorch.
+    """
+    for argument in argv:
+        if argument.startswith("-"):
+            continue
+        module = argument.replace("-", "_")
+        return [module] if module in SUBCOMMAND_MODULES else list(SUBCOMMAND_MODULES)
+    return list(SUBCOMMAND_MODULES)
+
+
+def build_parser(modules: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the parser with the given subcommand modules (default: all of them)."""
     parser = argparse.ArgumentParser(
         prog="mlwarden",
         description="Attack, defend and assess a machine-learning pipeline.",
@@ -45,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log more detail (-v: INFO, -vv: DEBUG)"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
+    for name in SUBCOMMAND_MODULES if modules is None else modules:
         module = importlib.import_module(f"{__package__}.{name}")
         module.register(subparsers)
     return parser
@@ -53,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mlwarden`` command and return its exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_requested_modules(arguments))
+    args = parser.parse_args(arguments)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
