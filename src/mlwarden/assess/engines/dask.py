@@ -156,7 +156,8 @@ class DaskEngine:
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # The scheduler serves HTTP (dashboard, health) on this address; port 0 picks a free one.
+                dashboard_address="127.0.0.1:0",
             )
         logger.info("started a local Dask cluster at %s with %d workers", cluster.scheduler_address, workers)
         return cluster
