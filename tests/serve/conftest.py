@@ -12,9 +12,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from mlwarden.serve import ServedModel, Service, ServiceConfig, ServiceThread, build_service, load_served_model
 from mlwarden.serve.keys import KeyStore
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread: with the CPU shared, more threads mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
