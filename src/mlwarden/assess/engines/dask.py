@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -56,6 +57,8 @@ DASK_MALLOC_TRIM_THRESHOLD = 65536
 
 _PRE_SPAWN_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 _WORKER_WAIT_SECONDS = 60
+_POLL_SECONDS = 0.05
+_WORKER_PRELOAD = "mlwarden.assess.engines._dask_worker"
 
 
 def _run_on_worker(
@@ -65,6 +68,27 @@ def _run_on_worker(
     host = get_address_host(get_worker().address)
     torch.set_num_threads(threads_by_host.get(host, 1))
     return task(unit, payload)
+
+
+def _poll(completed: as_completed) -> Iterator[Any]:
+    """Yield finished futures, waiting in short sleeps.
+
+    Blocking inside Dask's synchronous calls would let Ctrl-C interrupt its
+    event-loop bookkeeping, which then logs errors of its own; a KeyboardInterrupt
+    raised during ``time.sleep`` leaves Dask's state intact for the cancellation.
+    """
+    while not completed.is_empty():
+        batch = completed.next_batch(block=False)
+        if not batch:
+            time.sleep(_POLL_SECONDS)
+        yield from batch
+
+
+def _quiet_dask_logs() -> None:
+    """Keep Dask's INFO messages (cluster start, worker registration) out of the console unless mlwarden logs DEBUG."""
+    dask_logger = logging.getLogger("distributed")
+    if not logger.isEnabledFor(logging.DEBUG) and dask_logger.getEffectiveLevel() < logging.WARNING:
+        dask_logger.setLevel(logging.WARNING)
 
 
 class DaskEngine:
@@ -113,6 +137,7 @@ class DaskEngine:
         """Yield ``(unit, task(unit, payload))`` for every unit, in completion order."""
         if not units:
             return
+        _quiet_dask_logs()
         cluster, client = self._connect()
         try:
             yield from self._run_on_client(client, task, payload, units)
@@ -158,6 +183,7 @@ class DaskEngine:
                 processes=True,
                 # The scheduler serves HTTP (dashboard, health) on this address; port 0 picks a free one.
                 dashboard_address="127.0.0.1:0",
+                preload=[_WORKER_PRELOAD],
             )
         logger.info("started a local Dask cluster at %s with %d workers", cluster.scheduler_address, workers)
         return cluster
@@ -196,7 +222,7 @@ class DaskEngine:
         for unit in units:
             submit(unit)
         try:
-            for future in completed:
+            for future in _poll(completed):
                 unit = futures.pop(future)
                 try:
                     result = future.result()
