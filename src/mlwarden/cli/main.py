@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES = [
     "scan_model",
     "serve",
     "keys",
+    "attack",
 ]
 
 EXIT_USAGE = 2

@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..defenses.evasion.base import AdversarialDetector
 from ..errors import MlwardenError, ParameterError
 from ..serve.config import GUARDS, MONITOR_ACTIONS, OUTPUT_MODES, MonitorSettings, OutputPolicy, PayloadLimits, ServiceConfig
 from ..serve.logs import configure_logging
 from ..serve.model import ServedModel, load_served_model
 from ..serve.server import build_service, run_server
 from .keys import DEFAULT_DATABASE
+
+
+if TYPE_CHECKING:
+    from ..defenses.evasion.base import AdversarialDetector
 
 __all__ = ["register", "run", "parse_guards", "DETECTORS"]
 

@@ -8,9 +8,9 @@ when the caller allows it.
 :class:`ServiceQueryModel` is a :class:`~mlwarden.models.query.QueryModel`
 over the service, so every black-box attack and the extraction attacks run
 through the HTTP API, with the queries counted. Whatever the output policy
-reveals becomes a probability vector: full scores are renormalized after
-rounding; top-k scores are completed by spreading the remaining mass evenly
-over the classes not shown; a label-only service makes the model
+reveals becomes a probability vector. Full scores are renormalized after
+rounding, and top-k scores are completed by spreading the remaining mass
+evenly over the classes not shown. A label-only service makes the model
 decision-based.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import torch
+from torch import nn
 
 from ..errors import BudgetExhausted, ModelError, ParameterError
 from ..integrity import SignedRecord
@@ -84,8 +85,8 @@ class ServiceClient:
     max_batch : int, optional
         Images per request; default the service's limit from ``/v1/model``, else 64.
     max_wait : float, default 0
-        Seconds the client may spend in total waiting out 429 answers before
-        it gives up with :class:`ServiceRefused`.
+        Total seconds the client may wait after 429 responses before it
+        raises :class:`ServiceRefused`.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class ServiceClient:
         self.max_wait = max_wait
         self.waited = 0.0
         self.requests = 0
+        self.last_refusal: ServiceRefused | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -119,7 +121,7 @@ class ServiceClient:
     # --- requests ------------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request, waiting out 429 answers within ``max_wait``; raise ServiceRefused on refusals."""
+        """Send one request, retrying after 429 responses within ``max_wait``; raise ServiceRefused on refusals."""
         while True:
             self.requests += 1
             response = self._http.request(method, path, **kwargs)
@@ -128,11 +130,12 @@ class ServiceClient:
             detail = _detail(response)
             retry_after = _retry_after(response)
             if response.status_code == 429 and retry_after is not None and self.waited + retry_after <= self.max_wait:
-                logger.info("service answered 429; waiting %.1f s as Retry-After asks", retry_after)
+                logger.info("service responded 429; waiting %.1f s as its Retry-After header requests", retry_after)
                 time.sleep(retry_after)
                 self.waited += retry_after
                 continue
-            raise ServiceRefused(response.status_code, detail, retry_after)
+            self.last_refusal = ServiceRefused(response.status_code, detail, retry_after)
+            raise self.last_refusal
 
     def health(self) -> dict[str, Any]:
         """Return ``/healthz``."""
@@ -204,6 +207,11 @@ class ServiceQueryModel(QueryModel):
         Use only the labels even when the service returns scores.
     budget : int, optional
         Query budget (one query per image).
+    reference : nn.Module, optional
+        The defender's local copy of the served model. When given, the
+        evaluator's view (``forward``, with which attacks verify their
+        results) runs it instead of sending requests, so verification
+        neither spends the attacker's rate limit nor feeds the extraction monitor.
 
     The output kind, classes and bounds come from ``/v1/model``.
 
@@ -214,21 +222,39 @@ class ServiceQueryModel(QueryModel):
     >>> victim.predict_labels(images)  # doctest: +SKIP
     """
 
-    def __init__(self, client: ServiceClient, *, labels_only: bool = False, budget: int | None = None) -> None:
+    def __init__(
+        self,
+        client: ServiceClient,
+        *,
+        labels_only: bool = False,
+        budget: int | None = None,
+        reference: nn.Module | None = None,
+    ) -> None:
         info = client.model_info()
-        self.client = client
-        self.info = info
-        self.output_mode = str(info.get("output", {}).get("mode", "scores"))
+        output_mode = str(info.get("output", {}).get("mode", "scores"))
         super().__init__(
-            output="labels" if self.output_mode == "label" else "probabilities",
+            output="labels" if output_mode == "label" else "probabilities",
             labels_only=labels_only,
             budget=budget,
             bounds=tuple(info["input"]["bounds"]),
             num_classes=int(info["num_classes"]),
         )
+        self.client = client
+        self.info = info
+        self.output_mode = output_mode
+        self.reference = reference
 
     def describe(self) -> str:
         return f"mlwarden service at {self.client.url}"
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Return log-probabilities from the local reference when there is one, else from the service."""
+        if self.reference is None or (torch.is_grad_enabled() and inputs.requires_grad):
+            # The base class raises for gradient requests: the attacker has no gradients of the service.
+            return super().forward(inputs)
+        self.evaluations += int(inputs.shape[0])
+        with torch.no_grad():
+            return torch.log_softmax(self.reference(inputs).to(torch.float32), dim=1)
 
     def _predict(self, inputs: torch.Tensor) -> torch.Tensor:
         predictions = self.client.predict(inputs)

@@ -24,11 +24,10 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..defenses.evasion.base import AdversarialDetector
 from ..errors import ParameterError
 from .audit import AuditLog, list_alerts, record_alert
 from .config import PayloadLimits, ServiceConfig
@@ -40,6 +39,10 @@ from .limits import DailyQuota, RateLimiter
 from .metrics import ServiceMetrics
 from .model import ServedModel
 from .monitor import ExtractionMonitor, MonitorVerdict
+
+
+if TYPE_CHECKING:
+    from ..defenses.evasion.base import AdversarialDetector
 
 __all__ = ["Service", "Principal", "GuardRejection", "ANONYMOUS", "GENERIC_UNAUTHORIZED"]
 

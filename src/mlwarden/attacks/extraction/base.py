@@ -107,23 +107,28 @@ class ExtractionEvaluation:
 
     Parameters
     ----------
-    reference : nn.Module
-        The victim's model (the defender's copy), returning logits.
+    reference : nn.Module or None
+        The victim's model (the defender's copy), returning logits; without
+        it only the accuracy is scored.
     images : torch.Tensor
         Held-out inputs (N, C, H, W), never queried by the attacker.
     labels : torch.Tensor, optional
         Their true labels, for the copy's accuracy.
     """
 
-    def __init__(self, reference: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    def __init__(self, reference: nn.Module | None, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        if reference is None and labels is None:
+            raise ParameterError("ExtractionEvaluation needs a reference model, labels, or both", value=None)
         self.images = images
         self.labels = labels
-        self.reference_predictions = _predict(reference, images)
+        self.reference_predictions = None if reference is None else _predict(reference, images)
 
-    def score(self, copy: nn.Module) -> tuple[float, float | None]:
-        """Return ``(agreement, accuracy)`` of ``copy``."""
+    def score(self, copy: nn.Module) -> tuple[float | None, float | None]:
+        """Return ``(agreement, accuracy)`` of ``copy``; each is None when it cannot be scored."""
         predictions = _predict(copy, self.images)
-        agreement = float((predictions == self.reference_predictions).float().mean())
+        agreement = None
+        if self.reference_predictions is not None:
+            agreement = float((predictions == self.reference_predictions).float().mean())
         accuracy = None if self.labels is None else float((predictions == self.labels).float().mean())
         return agreement, accuracy
 
