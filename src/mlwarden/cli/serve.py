@@ -62,7 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--detector", choices=DETECTORS, help="adversarial-input detector to fit at start (needs the detector guard)")
     parser.add_argument("--detector-data", default="fashion-mnist", help="clean data the detector is fitted on (default fashion-mnist)")
     parser.add_argument("--detector-samples", type=int, default=5000, help="training images the detector is fitted on (default 5000)")
+    parser.add_argument(
+        "--screen",
+        action="store_true",
+        help="fit a k-NN poisoning screen on --detector-samples images of --detector-data for the uploads",
+    )
     parser.add_argument("--reject-flagged", action="store_true", help="answer 422 when the detector flags an image, instead of only logging it")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="threads of each model call (default 1: requests already run in parallel worker threads)",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default="json", help="format of the logs on stderr (default json)")
     parser.set_defaults(func=run)
 
@@ -128,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(logging.INFO, json_format=args.log_format == "json")
     if not 0 < args.port < 65536:
         raise ParameterError(f"--port must be in 1..65535, got {args.port}", value=args.port)
+    if args.torch_threads < 1:
+        raise ParameterError(f"--torch-threads must be at least 1, got {args.torch_threads}", value=args.torch_threads)
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
     config = build_config(args)
     try:
         model = load_served_model(
@@ -145,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
         if not config.has("detector"):
             raise ParameterError("--detector needs the detector guard; add it to --guards", value=args.guards)
         detector = _fit_detector(args.detector, model, args.detector_data, args.detector_samples)
-    service = build_service(model, args.db, config, detector=detector)
+    screen = None
+    if args.screen:
+        from ..data import load_dataset
+        from ..serve.release import UploadScreen
+
+        trusted = load_dataset(args.detector_data, "train").subset(args.detector_samples)
+        screen = UploadScreen.fit(model, trusted.images, trusted.labels)
+    service = build_service(model, args.db, config, detector=detector, screen=screen)
     run_server(service, args.host, args.port)
     return 0

@@ -12,8 +12,9 @@ Routes:
 - ``GET /v1/model`` (scope ``predict``): the input the model takes and the output policy.
 - ``GET /v1/admin/...`` (scope ``admin``): audit log, alerts, monitor state,
   uploads; ``POST /v1/admin/keys/{key_id}/clear`` unblocks a key;
-  ``POST /v1/admin/uploads/release`` screens quarantined uploads and trains on
-  those that pass.
+  ``POST /v1/admin/uploads/screen`` screens quarantined uploads with the
+  poisoning detectors and ``POST /v1/admin/uploads/release`` hands those
+  that passed to the rollback-guarded trainer (409 when not configured).
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``: no key needed.
 
 Routes read their own body (no body parameters), so that authentication
@@ -409,6 +410,16 @@ def create_app(service: Service, *, close_on_shutdown: bool = True) -> FastAPI:
     ) -> list[dict[str, Any]]:
         """Return the newest uploads with their state and reason (payloads omitted)."""
         return service.ingestor.uploads(status, limit)
+
+    @app.post("/v1/admin/uploads/screen", tags=["admin"], responses=_errors(401, 403, 409, 429))
+    async def screen_uploads(principal: Principal = Depends(admin)) -> dict[str, Any]:
+        """Screen the unscreened quarantined uploads with the poisoning detectors."""
+        return await run_in_threadpool(service.screen_uploads)
+
+    @app.post("/v1/admin/uploads/release", tags=["admin"], responses=_errors(401, 403, 409, 429))
+    async def release_uploads(principal: Principal = Depends(admin)) -> dict[str, Any]:
+        """Hand the screened uploads to the rollback-guarded trainer."""
+        return await run_in_threadpool(service.release_uploads)
 
     @app.post("/v1/admin/keys/{key_id}/clear", tags=["admin"], responses=_errors(400, 401, 403, 429))
     async def clear_key(key_id: str, principal: Principal = Depends(admin)) -> dict[str, Any]:

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     label INTEGER,
     status TEXT NOT NULL,
     reason TEXT,
+    screened REAL,
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS uploads_status ON uploads (status);

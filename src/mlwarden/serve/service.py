@@ -43,6 +43,7 @@ from .monitor import ExtractionMonitor, MonitorVerdict
 
 if TYPE_CHECKING:
     from ..defenses.evasion.base import AdversarialDetector
+    from .release import GuardedTrainer, UploadScreen
 
 __all__ = ["Service", "Principal", "GuardRejection", "ANONYMOUS", "GENERIC_UNAUTHORIZED"]
 
@@ -107,6 +108,12 @@ class Service:
     detector : AdversarialDetector, optional
         A fitted detector from :mod:`mlwarden.defenses.evasion`, consulted
         when the ``detector`` guard is on.
+    screen : UploadScreen, optional
+        Poisoning detectors for the quarantined uploads (``/v1/admin/uploads/screen``).
+    trainer : GuardedTrainer, optional
+        The rollback-guarded training loop that screened uploads are released
+        to (``/v1/admin/uploads/release``). It must not change the served
+        model's weights while requests use them: train a copy, then swap.
     """
 
     def __init__(
@@ -116,11 +123,15 @@ class Service:
         config: ServiceConfig | None = None,
         *,
         detector: AdversarialDetector | None = None,
+        screen: UploadScreen | None = None,
+        trainer: GuardedTrainer | None = None,
     ) -> None:
         self.model = model
         self.database = database
         self.config = config or ServiceConfig()
         self.detector = detector
+        self.screen = screen
+        self.trainer = trainer
         self.keys = KeyStore(database)
         self.audit = AuditLog(database)
         self.limiter = RateLimiter()
@@ -281,6 +292,18 @@ class Service:
         if key is None or key.status == "revoked":
             raise ParameterError(f"no active API key has id {key_id!r}", value=key_id)
         return self.keys.set_status(key_id, "active", "cleared by an operator").to_dict()
+
+    def screen_uploads(self) -> dict[str, Any]:
+        """Run the poisoning screen over the unscreened quarantined uploads."""
+        if self.screen is None:
+            raise GuardRejection(409, "no upload screen is configured; start the service with --screen", "no screen")
+        return self.screen.screen(self.database).to_dict()
+
+    def release_uploads(self) -> dict[str, Any]:
+        """Hand the screened uploads to the guarded trainer."""
+        if self.screen is None or self.trainer is None:
+            raise GuardRejection(409, "no upload screen and guarded trainer are configured", "no trainer")
+        return self.screen.release(self.database, self.trainer).to_dict()
 
     def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
         """Return the newest alerts."""

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -108,11 +109,12 @@ async def _load(
     url: str,
     path: str,
     headers: dict[str, str],
-    body: bytes,
+    body: bytes | Sequence[bytes],
     requests: int,
     concurrency: int,
     max_seconds: float,
 ) -> LoadResult:
+    bodies = [body] if isinstance(body, bytes) else list(body)
     result = LoadResult(0, 0.0)
     deadline = time.monotonic() + max_seconds
     started = time.perf_counter()
@@ -121,12 +123,12 @@ async def _load(
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0, limits=limits) as client:
 
         async def worker() -> None:
-            for _ in remaining:
+            for index in remaining:
                 if time.monotonic() > deadline:
                     return
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(path, content=body)
+                    response = await client.post(path, content=bodies[index % len(bodies)])
                     status = response.status_code
                 except httpx.TransportError:
                     status = 0
@@ -143,7 +145,7 @@ async def _load(
 
 def send_load(
     url: str,
-    body: bytes,
+    body: bytes | Sequence[bytes],
     *,
     token: str | None = None,
     path: str = "/v1/predict",
@@ -153,6 +155,8 @@ def send_load(
     max_seconds: float = 30.0,
 ) -> LoadResult:
     """Send ``requests`` POST requests with ``concurrency`` in flight, stopping after ``max_seconds``.
+
+    ``body`` is one request body, or several that the requests cycle through.
 
     Raises
     ------
