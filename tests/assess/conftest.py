@@ -1,4 +1,4 @@
-"""Helpers for comparing assessments that ran on different engines or splits."""
+"""Helpers for comparing runs on different engines or splits, and a shared local Dask cluster."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def without_run_fields(results: dict[str, Any]) -> dict[str, Any]:
 def result_figures() -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Return the function that drops timing and engine fields from ``results.json`` content."""
     return without_run_fields
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Any:
+    """Two single-threaded worker processes on 127.0.0.1, started with Dask's default settings."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+    ) as cluster:
+        yield cluster

@@ -34,12 +34,8 @@ SHARD = 50
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """Two single-threaded worker processes, started with Dask's default settings."""
-    with distributed.LocalCluster(
-        host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
-    ) as local_cluster:
-        yield local_cluster
+def cluster(dask_cluster):
+    return dask_cluster
 
 
 @pytest.fixture(scope="module")

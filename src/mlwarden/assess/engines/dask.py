@@ -62,12 +62,12 @@ _WORKER_PRELOAD = "mlwarden.assess.engines._dask_worker"
 
 
 def _run_on_worker(
-    task: Callable[[Any, Any], dict[str, Any]], unit: Any, payload: Any, threads_by_host: dict[str, int]
+    task: Callable[..., dict[str, Any]], unit: Any, payload: Any, threads_by_host: dict[str, int], *blocks: Any
 ) -> dict[str, Any]:
     """Run one unit on a Dask worker, with torch threads sized for the worker's host."""
     host = get_address_host(get_worker().address)
     torch.set_num_threads(threads_by_host.get(host, 1))
-    return task(unit, payload)
+    return task(unit, payload, *blocks)
 
 
 def _poll(completed: as_completed) -> Iterator[Any]:
@@ -126,6 +126,18 @@ class DaskEngine:
         )
         self.max_resubmits = check_int(max_resubmits, "max_resubmits", owner, low=0)
         self._described: dict[str, Any] = {"name": self.name, "scheduler": scheduler or "local"}
+        self._session: tuple[LocalCluster | None, Client] | None = None
+
+    def __enter__(self) -> DaskEngine:
+        """Connect (or start the local cluster) once for several runs, until the ``with`` block ends."""
+        _quiet_dask_logs()
+        self._session = self._connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            self._disconnect(*session)
 
     def describe(self) -> dict[str, Any]:
         """Return the engine's name, scheduler and the workers of the last run."""
@@ -135,17 +147,40 @@ class DaskEngine:
         self, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: Sequence[UnitT]
     ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
         """Yield ``(unit, task(unit, payload))`` for every unit, in completion order."""
+        return self.run_blocks(task, payload, units, None)
+
+    def run_blocks(
+        self,
+        task: Callable[..., dict[str, Any]],
+        payload: Any,
+        units: Sequence[UnitT],
+        blocks: Callable[[UnitT], tuple[Any, ...]] | None,
+    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
+        """Yield ``(unit, task(unit, payload, *blocks))`` for every unit, in completion order.
+
+        ``blocks(unit)`` returns Dask collections or delayed objects (the
+        chunks of a Dask array, for example); each worker computes the
+        blocks of its unit and passes them to the task as NumPy arrays, so
+        the data is read where it is used, one unit at a time.
+        """
         if not units:
+            return
+        if self._session is not None:
+            yield from self._run_on_client(self._session[1], task, payload, units, blocks)
             return
         _quiet_dask_logs()
         cluster, client = self._connect()
         try:
-            yield from self._run_on_client(client, task, payload, units)
+            yield from self._run_on_client(client, task, payload, units, blocks)
         finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-                logger.info("stopped the local Dask cluster")
+            self._disconnect(cluster, client)
+
+    @staticmethod
+    def _disconnect(cluster: LocalCluster | None, client: Client) -> None:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+            logger.info("stopped the local Dask cluster")
 
     def _connect(self) -> tuple[LocalCluster | None, Client]:
         if self.scheduler is None:
@@ -205,7 +240,12 @@ class DaskEngine:
         return {host: threads_per_process(cores_on_host[host], threads_on_host[host]) for host in threads_on_host}
 
     def _run_on_client(
-        self, client: Client, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: Sequence[UnitT]
+        self,
+        client: Client,
+        task: Callable[..., dict[str, Any]],
+        payload: Any,
+        units: Sequence[UnitT],
+        blocks: Callable[[UnitT], tuple[Any, ...]] | None,
     ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
         threads_by_host = self._threads_by_host(client)
         scattered = client.scatter(payload, broadcast=True, hash=False)
@@ -215,7 +255,13 @@ class DaskEngine:
 
         def submit(unit: UnitT) -> None:
             key = f"mlwarden-{getattr(unit, 'id', 'unit')}-{uuid.uuid4().hex[:8]}"
-            future = client.submit(_run_on_worker, task, unit, scattered, threads_by_host, key=key, pure=False)
+            if blocks is None:
+                future = client.submit(_run_on_worker, task, unit, scattered, threads_by_host, key=key, pure=False)
+            else:
+                graph = dask.delayed(_run_on_worker, pure=False)(
+                    task, unit, scattered, threads_by_host, *blocks(unit), dask_key_name=key
+                )
+                future = client.compute(graph)
             futures[future] = unit
             completed.add(future)
 

@@ -72,6 +72,13 @@ class LocalEngine:
         """Return the engine's name and the number of worker processes of the last run."""
         return {"name": self.name, "workers": self._used_workers}
 
+    def __enter__(self) -> LocalEngine:
+        """Return the engine; each run starts its own pool, so there is nothing to hold open."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
     def run(
         self, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: Sequence[UnitT]
     ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
