@@ -15,8 +15,12 @@ workers) every 50 ms for peak resident memory and CPU time.
   (``run_assessment``), on the local engine with 1 and 2 workers, and on a
   local Dask cluster with 1 and 2 workers, with Dask's default
   ``MALLOC_TRIM_THRESHOLD_=65536`` and with it unset (the engine's default).
-- ``scan``: ``mlwarden scan-data`` on sharded sets of 1x, 4x and 16x
-  ``--scan-base`` images, written as ``.npy`` shards in a temporary folder.
+- ``scan``: a k-nearest-neighbour poisoning scan
+  (:func:`mlwarden.assess.engines.scan.scan_sharded`) of sharded sets of 1x,
+  4x and 16x ``--scan-base`` training images, written as ``.npy`` shards of
+  ``--scan-base`` images in a temporary folder; the partition budget and the
+  fitting sample are ``--scan-base`` samples, on the local engine and on a
+  local Dask cluster, 2 workers each.
 
 The script prints a Markdown table per part and the per-unit cost from
 which the 10-node estimate in ``docs/benchmarks.md`` is computed.
@@ -73,11 +77,27 @@ def run_assess_child(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_scan_child(config: dict[str, Any]) -> dict[str, Any]:
-    from mlwarden.cli.main import main
+    from mlwarden.assess.engines import LocalEngine
+    from mlwarden.assess.engines.scan import scan_sharded
+    from mlwarden.data.shards import open_sharded
+    from mlwarden.defenses.poisoning.outliers import KNNDistanceDetector
+    from mlwarden.models import load_pretrained
 
+    model, _ = load_pretrained("lenet5")
+    engine: Any = LocalEngine(workers=config["workers"]) if config["engine"] == "local" else "dask"
     started = time.perf_counter()
-    status = main(config["argv"])
-    return {"wall_seconds": time.perf_counter() - started, "status": status}
+    results = scan_sharded(
+        open_sharded(config["folder"]),
+        model,
+        [KNNDistanceDetector()],
+        engine=engine,
+        workers=None if config["engine"] == "local" else config["workers"],
+        partition_size=config["partition_size"],
+        fit_samples=config["fit_samples"],
+        batch_size=BATCH_SIZE,
+        progress=False,
+    )
+    return {"wall_seconds": time.perf_counter() - started, "samples": results["samples"], "flagged": results["flagged"]}
 
 
 # --- parent side: launch, sample the process tree -------------------------------------------------
@@ -179,16 +199,23 @@ def write_npy_shards(folder: Path, copies: int, base: int) -> None:
         np.save(folder / f"part-{copy:04d}-labels.npy", labels)
 
 
-def scan_part(base: int, repeats: int, scan_arguments: list[str]) -> list[dict[str, Any]]:
+def scan_part(base: int, repeats: int) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for factor in (1, 4, 16):
             folder = Path(scratch) / f"x{factor}"
             write_npy_shards(folder, factor, base)
             for engine in ("local", "dask"):
-                output = Path(scratch) / f"out-{factor}-{engine}"
-                argv = ["scan-data", str(folder), "--engine", engine, "--output", str(output), *scan_arguments]
-                config = {"kind": "scan", "factor": factor, "samples": factor * base, "engine": engine, "argv": argv}
+                config = {
+                    "kind": "scan",
+                    "factor": factor,
+                    "samples": factor * base,
+                    "engine": engine,
+                    "workers": 2,
+                    "folder": str(folder),
+                    "partition_size": base,
+                    "fit_samples": base,
+                }
                 result = best_of(config, repeats)
                 print(f"  scan x{factor} {engine}: {result['wall_seconds']:.1f} s, {result['peak_rss_mib']:.0f} MiB", file=sys.stderr)
                 results.append(result)
@@ -231,7 +258,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--part", choices=("assess", "scan", "all"), default="all")
     parser.add_argument("--scan-base", type=int, default=5000, help="images of the 1x scan set")
-    parser.add_argument("--scan-args", default="", help="extra scan-data arguments, space-separated")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
 
@@ -251,7 +277,7 @@ def main() -> None:
             unit_seconds = per_unit[0]["unit_seconds"] / per_unit[0]["units"]
             print(f"\nper-unit cost (1 Dask worker, trim unset): {unit_seconds:.2f} s for {per_unit[0]['units']} units")
     if args.part in ("scan", "all"):
-        report["scan"] = scan_part(args.scan_base, args.repeats, args.scan_args.split())
+        report["scan"] = scan_part(args.scan_base, args.repeats)
         print(markdown_scan(report["scan"]))
     report["load_after"] = os.getloadavg()
     print(f"load average after: {report['load_after']}", file=sys.stderr)
