@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .curves import render_robustness_section
 from .figures import render_figures
 from .markdown import render_markdown
 from .table import ATTACK_COLUMNS, attack_rows, format_table
@@ -17,5 +18,5 @@ def render_report(results: dict[str, Any], directory: str | Path) -> Path:
     directory = Path(directory)
     figures = render_figures(results, directory)
     path = directory / "report.md"
-    path.write_text(render_markdown(results, figures))
+    path.write_text(render_markdown(results, figures) + render_robustness_section(results, directory))
     return path

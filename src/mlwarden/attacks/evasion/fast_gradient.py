@@ -125,6 +125,18 @@ class BasicIterativeMethod(EvasionAttack):
     def _step_size(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
 
+    def _ascent_step(self, gradient: torch.Tensor, step_size: float) -> torch.Tensor:
+        """Return the step for a loss gradient: its sign times the step size (steepest ascent under L-inf)."""
+        return step_size * gradient.sign()
+
+    def _project(
+        self, candidates: torch.Tensor, inputs: torch.Tensor, eps: float, bounds: tuple[float, float]
+    ) -> torch.Tensor:
+        """Return ``candidates`` projected onto the eps-ball around ``inputs`` and clipped to the bounds."""
+        lower = (inputs - eps).clamp_min(bounds[0])
+        upper = (inputs + eps).clamp_max(bounds[1])
+        return torch.maximum(torch.minimum(candidates, upper), lower)
+
     def _run(
         self,
         model: nn.Module,
@@ -137,11 +149,8 @@ class BasicIterativeMethod(EvasionAttack):
         counter: CostCounter,
     ) -> torch.Tensor:
         assert eps is not None  # the base class requires eps (needs_eps)
-        low, high = bounds
         step_size = self._step_size(eps)
         adversarial = self._start(inputs, eps, bounds, indices)
-        lower = (inputs - eps).clamp_min(low)
-        upper = (inputs + eps).clamp_max(high)
         active = torch.arange(inputs.shape[0])
         for _ in range(self.steps):
             sub_targets = None if targets is None else targets[active]
@@ -155,8 +164,8 @@ class BasicIterativeMethod(EvasionAttack):
                 if len(active) == 0:
                     break
 
-            stepped = adversarial[active] + step_size * gradient.sign()
-            adversarial[active] = torch.maximum(torch.minimum(stepped, upper[active]), lower[active])
+            stepped = adversarial[active] + self._ascent_step(gradient, step_size)
+            adversarial[active] = self._project(stepped, inputs[active], eps, bounds)
         return adversarial
 
 
