@@ -10,10 +10,11 @@ Usage::
   ``mlwarden serve`` with every guard but the detector, and an API key whose
   limits are too high to throttle the load. The other is a bare FastAPI
   endpoint, written here, that parses the same JSON and runs the same model
-  with no guard. The same bounded load (``--requests`` single-image requests over
-  200 distinct test images, ``--concurrency`` in flight, at most 120 s)
-  goes to each; the table gives accepted requests per second, the median
-  and the 99th-percentile latency, and the guarded/bare ratios.
+  with no guard. Each gets the same bounded load: ``--requests``
+  single-image requests over 200 distinct test images, ``--concurrency``
+  in flight, at most 120 s. The table gives accepted requests per second,
+  the median and 99th-percentile latency, the server's CPU time per
+  request, and the guarded/bare ratios.
 - ``extraction``: Jacobian-based augmentation and Knockoff Nets (public
   transfer set) through the API of a service with only authentication
   (unguarded) and of the default guarded service (monitor blocking, full
@@ -101,11 +102,23 @@ def _bodies(count: int = 200) -> list[bytes]:
     return [json.dumps({"inputs": image[None].tolist()}).encode() for image in images]
 
 
-def _load(url: str, token: str | None, bodies: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(
+    url: str, token: str | None, bodies: list[bytes], requests: int, concurrency: int, pid: int
+) -> dict[str, Any]:
     from mlwarden.attacks.api import send_load
 
     send_load(url, bodies[:20], token=token, requests=50, concurrency=concurrency, max_seconds=30)  # warm-up
-    return send_load(url, bodies, token=token, requests=requests, concurrency=concurrency, max_seconds=120).to_dict()
+    before = _cpu_seconds(pid)
+    result = send_load(url, bodies, token=token, requests=requests, concurrency=concurrency, max_seconds=120).to_dict()
+    # Server CPU time per request does not depend on how busy the rest of the machine is, unlike latency.
+    result["server_cpu_ms_per_request"] = round(1000 * (_cpu_seconds(pid) - before) / max(result["requests"], 1), 3)
+    return result
 
 
 def throughput(requests: int, concurrency: int) -> dict[str, Any]:
@@ -132,7 +145,7 @@ def throughput(requests: int, concurrency: int) -> dict[str, Any]:
             url = f"http://127.0.0.1:{port}"
             try:
                 _wait_healthy(url, process)
-                results[name] = _load(url, token if name == "guarded" else None, bodies, requests, concurrency)
+                results[name] = _load(url, token if name == "guarded" else None, bodies, requests, concurrency, process.pid)
             finally:
                 process.terminate()
                 process.wait(60)
@@ -142,6 +155,7 @@ def throughput(requests: int, concurrency: int) -> dict[str, Any]:
         "throughput": round(guarded["accepted_per_second"] / bare["accepted_per_second"], 3),
         "p50": round(guarded["p50_ms"] / bare["p50_ms"], 3),
         "p99": round(guarded["p99_ms"] / bare["p99_ms"], 3),
+        "server_cpu": round(guarded["server_cpu_ms_per_request"] / bare["server_cpu_ms_per_request"], 3),
     }
     results["settings"] = {"requests": requests, "concurrency": concurrency, "images_per_request": 1}
     return results
@@ -152,7 +166,15 @@ def extraction() -> dict[str, Any]:
 
     from mlwarden.attacks.extraction import ExtractionEvaluation, JacobianAugmentation, KnockoffNets
     from mlwarden.data import load_dataset
-    from mlwarden.serve import ServiceClient, ServiceConfig, ServiceQueryModel, ServiceThread, build_service, load_served_model
+    from mlwarden.serve import (
+        OutputPolicy,
+        ServiceClient,
+        ServiceConfig,
+        ServiceQueryModel,
+        ServiceThread,
+        build_service,
+        load_served_model,
+    )
 
     torch.set_num_threads(1)
     model = load_served_model("lenet5")
@@ -163,7 +185,11 @@ def extraction() -> dict[str, Any]:
         "jacobian": JacobianAugmentation(seed_size=50, rounds=7, epochs=10),
         "knockoff": KnockoffNets(epochs=10, checkpoints=[100, 200, 400, 800, 1600, 3200]),
     }
-    configurations = {"unguarded": ServiceConfig().with_guards({"auth"}), "guarded": ServiceConfig()}
+    configurations = {
+        "unguarded": ServiceConfig().with_guards({"auth"}),
+        "guarded": ServiceConfig(),
+        "guarded, label-only": ServiceConfig(output=OutputPolicy(mode="label")),
+    }
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for attack_name, attack in attacks.items():
@@ -193,31 +219,40 @@ def _markdown(document: dict[str, Any]) -> str:
     lines = []
     if "throughput" in document:
         t = document["throughput"]
-        lines += [
-            "| server | requests/s | p50 latency (ms) | p99 latency (ms) |",
-            "|---|---|---|---|",
-            f"| bare FastAPI endpoint | {t['bare']['accepted_per_second']} | {t['bare']['p50_ms']} | {t['bare']['p99_ms']} |",
-            f"| mlwarden serve (guarded) | {t['guarded']['accepted_per_second']} | {t['guarded']['p50_ms']} | {t['guarded']['p99_ms']} |",
-            f"| guarded / bare | {t['ratio']['throughput']} | {t['ratio']['p50']} | {t['ratio']['p99']} |",
-            "",
-        ]
-    if "extraction" in document:
-        lines += ["| attack | queries | agreement unguarded | agreement guarded |", "|---|---|---|---|"]
-        rows = document["extraction"]["rows"]
-        for attack in dict.fromkeys(row["attack"] for row in rows):
-            free = next(row for row in rows if row["attack"] == attack and row["service"] == "unguarded")
-            guarded = next(row for row in rows if row["attack"] == attack and row["service"] == "guarded")
-            guarded_by_queries = {c["queries"]: c["agreement"] for c in guarded["checkpoints"]}
-            for checkpoint in free["checkpoints"]:
-                queries = checkpoint["queries"]
-                value = guarded_by_queries.get(queries)
-                shown = f"{100 * value:.1f}%" if value is not None else "blocked"
-                lines.append(f"| {attack} | {queries} | {100 * checkpoint['agreement']:.1f}% | {shown} |")
-            last = guarded["checkpoints"][-1]
+        lines += ["| server | requests/s | p50 latency (ms) | p99 latency (ms) | server CPU ms per request |"]
+        lines += ["|---|---|---|---|---|"]
+        for label, name in (("bare FastAPI endpoint", "bare"), ("mlwarden serve (guarded)", "guarded")):
+            row = t[name]
             lines.append(
-                f"| {attack}, guarded copy at block | {last['queries']} | | {100 * last['agreement']:.1f}% "
-                f"(flagged after {guarded['first_alert_queries']} queries) |"
+                f"| {label} | {row['accepted_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
+                f"{row['server_cpu_ms_per_request']} |"
             )
+        ratio = t["ratio"]
+        lines += [f"| guarded / bare | {ratio['throughput']} | {ratio['p50']} | {ratio['p99']} | {ratio['server_cpu']} |", ""]
+    if "extraction" in document:
+        rows = document["extraction"]["rows"]
+        services = list(dict.fromkeys(row["service"] for row in rows))
+        lines += ["| attack | queries | " + " | ".join(f"agreement, {name}" for name in services) + " |"]
+        lines += ["|---|---|" + "---|" * len(services)]
+        for attack in dict.fromkeys(row["attack"] for row in rows):
+            runs = {row["service"]: row for row in rows if row["attack"] == attack}
+            curves = {name: {c["queries"]: c["agreement"] for c in run["checkpoints"]} for name, run in runs.items()}
+            for queries in sorted({q for curve in curves.values() for q in curve}):
+                cells = []
+                for name in services:
+                    value = curves[name].get(queries)
+                    if value is not None:
+                        cells.append(f"{100 * value:.1f}%")
+                    elif runs[name]["stopped"] and queries > runs[name]["queries"]:
+                        cells.append("blocked")
+                    else:
+                        cells.append("")
+                lines.append(f"| {attack} | {queries} | " + " | ".join(cells) + " |")
+            for name in services:
+                run = runs[name]
+                flagged = run["first_alert_queries"]
+                note = f"flagged after {flagged} queries, copy kept {run['queries']} answers" if flagged else "not flagged"
+                lines.append(f"| {attack} ({name}) | | {note} |" + " |" * (len(services) - 1))
     return "\n".join(lines)
 
 

@@ -152,7 +152,7 @@ def load_served_model(
     """
     if (manifest is None) != (public_key is None):
         raise ParameterError("pass both --manifest and --public-key, or neither", value=str(manifest or public_key))
-    loaded: LoadedModel = resolve_model(spec, weights=weights)
+    loaded: LoadedModel = resolve_model(spec, weights=None if weights is None else Path(weights))
     if manifest is not None and public_key is not None:
         files = _model_files(loaded, weights)
         if not files:

@@ -161,9 +161,9 @@ def decode_png(data: bytes, spec: InputSpec, max_png_bytes: int, name: str = "th
     if (png_width, png_height) != (width, height):
         raise PayloadError(422, f"{name} is {png_width}x{png_height} pixels, expected {width}x{height}")
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as opened:
+            converted = opened.convert("L" if channels == 1 else "RGB")
+            pixels = np.asarray(converted, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error):
         raise PayloadError(422, f"{name} is not a readable PNG file") from None
     if pixels.ndim == 2:

@@ -144,7 +144,8 @@ class KnockoffNets(ModelExtraction):
         if self.transfer == "public":
             queries = pool[torch.randperm(len(pool), generator=generator)[:budget]]
         else:
-            queries = synthetic_images(budget, pool.shape[1:], generator, tuple(victim.bounds))
+            low, high = victim.bounds
+            queries = synthetic_images(budget, pool.shape[1:], generator, (low, high))
         inputs: list[torch.Tensor] = []
         answers: list[torch.Tensor] = []
         checkpoints = []
