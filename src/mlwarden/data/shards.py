@@ -31,6 +31,7 @@ partition are read whole.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import re
 import struct
@@ -249,6 +250,7 @@ def _inspect(fmt: str, path: Path, labels_path: Path | None) -> tuple[int, tuple
     """Return the shard's sample count and the shape of one sample (C, H, W)."""
     try:
         if fmt == "npy":
+            assert labels_path is not None  # _discover pairs every .npy images file
             images = np.load(path, mmap_mode="r", allow_pickle=False)
             labels = np.load(labels_path, mmap_mode="r", allow_pickle=False)
             count, shape, label_count = images.shape[0], images.shape[1:], labels.shape[0]
@@ -280,6 +282,7 @@ def _inspect(fmt: str, path: Path, labels_path: Path | None) -> tuple[int, tuple
 
 
 def _read_npy(shard: ShardFile, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    assert shard.labels_path is not None  # _discover pairs every .npy images file
     images = np.load(shard.path, mmap_mode="r", allow_pickle=False)
     labels = np.load(shard.labels_path, mmap_mode="r", allow_pickle=False)
     return np.array(images[start:stop]), np.array(labels[start:stop])
@@ -327,7 +330,7 @@ def _idx_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(shape), IDX_TYPES[magic[2]], 4 + 4 * ndim
 
 
-def _open_idx(path: Path) -> IO[bytes]:
+def _open_idx(path: Path) -> io.BufferedIOBase:
     with open(path, "rb") as handle:
         gzipped = handle.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if gzipped else open(path, "rb")

@@ -11,7 +11,7 @@ so assessments and data scans share the engines.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ...errors import ParameterError
@@ -32,8 +32,16 @@ class Engine(Protocol):
 
     def run(
         self, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: Sequence[UnitT]
-    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
-        """Yield each unit with its result; closing the iterator cancels the units not yet done."""
+    ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
+        """Yield each unit with its result; closing the generator cancels the units not yet done."""
+        ...
+
+    def __enter__(self) -> Engine:
+        """Hold workers open across several runs until the ``with`` block ends."""
+        ...
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Release what ``__enter__`` holds."""
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, TypeVar
 
 import dask
@@ -145,7 +145,7 @@ class DaskEngine:
 
     def run(
         self, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: Sequence[UnitT]
-    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
+    ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
         """Yield ``(unit, task(unit, payload))`` for every unit, in completion order."""
         return self.run_blocks(task, payload, units, None)
 
@@ -155,7 +155,7 @@ class DaskEngine:
         payload: Any,
         units: Sequence[UnitT],
         blocks: Callable[[UnitT], tuple[Any, ...]] | None,
-    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
+    ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
         """Yield ``(unit, task(unit, payload, *blocks))`` for every unit, in completion order.
 
         ``blocks(unit)`` returns Dask collections or delayed objects (the
@@ -246,7 +246,7 @@ class DaskEngine:
         payload: Any,
         units: Sequence[UnitT],
         blocks: Callable[[UnitT], tuple[Any, ...]] | None,
-    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
+    ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
         threads_by_host = self._threads_by_host(client)
         scattered = client.scatter(payload, broadcast=True, hash=False)
         futures: dict[Any, UnitT] = {}

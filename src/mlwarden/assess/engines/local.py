@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -81,7 +81,7 @@ class LocalEngine:
 
     def run(
         self, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: Sequence[UnitT]
-    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
+    ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
         """Yield ``(unit, task(unit, payload))`` for every unit, in completion order."""
         workers = min(self.workers or cpu_count(), len(units))
         self._used_workers = max(workers, 1)
@@ -93,7 +93,7 @@ class LocalEngine:
 
     def _run_pool(
         self, task: Callable[[Any, Any], dict[str, Any]], payload: Any, units: list[UnitT], workers: int
-    ) -> Iterator[tuple[UnitT, dict[str, Any]]]:
+    ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
         threads = threads_per_process(cpu_count(), workers)
         pending = list(units)
         restarts = 0
