@@ -93,7 +93,9 @@ def merge_units(
             raise PlanError(f"the shards of {shard_units[0].id} hold different numbers of budgets", value=group)
         for position in range(len(shard_records[0])):
             attacks.append(_merge_records([records[position] for records in shard_records], label_tensor))
-    return {**header, "clean": clean, "attacks": attacks}
+    defense_units = sorted((u for u in units if u.kind == "defense"), key=lambda u: u.defense_index)
+    defenses = [documents[u.key]["defense"] for u in defense_units]
+    return {**header, "clean": clean, "attacks": attacks, **({"defenses": defenses} if defenses else {})}
 
 
 def _check_document(unit: WorkUnit, document: dict[str, Any] | None) -> None:
@@ -104,6 +106,8 @@ def _check_document(unit: WorkUnit, document: dict[str, Any] | None) -> None:
     stored = document.get("unit", {})
     if (stored.get("start"), stored.get("stop")) != (unit.start, unit.stop):
         raise PlanError(f"the result of unit {unit.id} covers another shard: {stored.get('start')}:{stored.get('stop')}", value=unit.id)
+    if unit.kind == "defense":
+        return
     count = unit.stop - unit.start
     arrays = [document["clean"]["per_sample"]] if unit.kind == "clean" else [r["per_sample"] for r in document["records"]]
     for per_sample in arrays:

@@ -29,7 +29,7 @@ from torch import nn
 from ..data import Dataset, load_dataset
 from .context import AssessmentContext
 from .plan import Plan
-from .runner import predict_in_batches, run_attack
+from .runner import plan_attacks, predict_in_batches, run_attack
 from .units import UNIT_SCHEMA, WorkUnit
 
 __all__ = ["AssessmentPayload", "execute_unit", "content_digest"]
@@ -87,6 +87,19 @@ def content_digest(payload: AssessmentPayload) -> str:
     return digest.hexdigest()
 
 
+def _context(payload: AssessmentPayload) -> AssessmentContext:
+    """Return the context a unit's attack or defense sees, as ``run_assessment`` builds it."""
+    plan = payload.plan
+    return AssessmentContext(
+        test=payload.data,
+        load_train=partial(load_dataset, plan.data, "train"),
+        seed=plan.seed,
+        batch_size=plan.batch_size,
+        bounds=payload.bounds,
+        progress=False,
+    )
+
+
 def execute_unit(unit: WorkUnit, payload: AssessmentPayload) -> dict[str, Any]:
     """Run one unit and return its JSON document (schema ``mlwarden.unit/1``).
 
@@ -108,19 +121,16 @@ def execute_unit(unit: WorkUnit, payload: AssessmentPayload) -> dict[str, Any]:
                 }
             }
         }
+    elif unit.kind == "defense":
+        from .defended import run_defense
+
+        assert unit.defense is not None  # split_plan gives every defense unit its spec
+        record = run_defense(unit.defense, payload.model, data, _context(payload), plan_attacks(plan), progress=False)
+        body = {"defense": record}
     else:
         assert unit.attack is not None  # split_plan gives every attack unit its spec
-        # TODO: apply unit.defense once defenses are registered; split_plan gets none until then.
-        context = AssessmentContext(
-            test=data,
-            load_train=partial(load_dataset, plan.data, "train"),
-            seed=plan.seed,
-            batch_size=plan.batch_size,
-            bounds=payload.bounds,
-            progress=False,
-        )
         records = run_attack(
-            unit.attack, payload.model, data, context, None, progress=False, shard=(unit.start, unit.stop)
+            unit.attack, payload.model, data, _context(payload), None, progress=False, shard=(unit.start, unit.stop)
         )
         body = {"records": records}
     seconds = time.perf_counter() - started

@@ -1,10 +1,15 @@
 """Work units: an assessment plan split into attack x defense x data shard.
 
 A unit is the smallest piece of an assessment that an engine schedules: the
-clean predictions of one data shard, or one attack (with every budget of its
-sweep) against one defense slot on one shard. Each unit returns versioned
-JSON (schema ``mlwarden.unit/1``) holding per-sample arrays, and
+clean predictions of one data shard, one attack (with every budget of its
+sweep) on one shard of the undefended model, or one defense evaluated against
+every attack on the whole data set. Each unit returns versioned JSON (schema
+``mlwarden.unit/1``) holding per-sample arrays, and
 :mod:`mlwarden.assess.merge` joins the units into ``results.json``.
+
+Defense units are not split further: a detector's threshold and ROC AUC and
+a smoothed classifier's certification need the whole data set, and splitting
+by attack would fit the defense once per attack.
 
 Shards start and stop on multiples of the batch size, so a unit computes
 exactly the batches of a run over the whole data set: convolutions may round
@@ -69,22 +74,24 @@ class WorkUnit:
 
     Attributes
     ----------
-    kind : {"clean", "attack"}
-        Clean predictions of a shard, or an attack on a shard.
+    kind : {"clean", "attack", "defense"}
+        Clean predictions of a shard, an attack on a shard, or a defense
+        against every attack of the plan on the whole data set.
     start, stop : int
         Global sample indices of the shard, ``start:stop``.
     key : str
         Digest of the plan's inputs and the unit's identity; equal keys mean
         equal results.
     attack_index : int
-        Position of the attack in the plan, -1 for clean units.
+        Position of the attack in the plan, -1 for clean and defense units.
     attack : AttackSpec or None
     defense_index : int
         Position of the defense in the plan, -1 for the undefended model.
     defense : DefenseSpec or None
     seed : int
         Seed of the attack, from the plan's seed and the attack's identity
-        (the same for every shard and defense of that attack).
+        (the same for every shard of that attack); 0 for other units, whose
+        code derives its own seeds from the plan's.
     """
 
     kind: str
@@ -103,9 +110,11 @@ class WorkUnit:
         shard = f"{self.start:09d}-{self.stop:09d}"
         if self.kind == "clean":
             return f"clean.{shard}"
+        if self.kind == "defense":
+            assert self.defense is not None  # defense units always carry their spec
+            return f"d{self.defense_index:02d}-{_slug(self.defense.name)}.{shard}"
         assert self.attack is not None  # attack units always carry their spec
-        defense = "none" if self.defense is None else f"d{self.defense_index:02d}-{_slug(self.defense.name)}"
-        return f"a{self.attack_index:02d}-{_slug(self.attack.name)}.{defense}.{shard}"
+        return f"a{self.attack_index:02d}-{_slug(self.attack.name)}.none.{shard}"
 
     @property
     def group(self) -> tuple[int, int]:
@@ -190,7 +199,7 @@ def split_plan(
     shard_size: int | None = None,
     defenses: Sequence[DefenseSpec] = (),
 ) -> list[WorkUnit]:
-    """Return the units of a plan: clean units per shard, then attack x defense slot x shard.
+    """Return the units of a plan: clean units per shard, attack x shard, then one unit per defense.
 
     Parameters
     ----------
@@ -204,7 +213,7 @@ def split_plan(
     shard_size : int, optional
         See :func:`shard_ranges`.
     defenses : sequence of DefenseSpec
-        Defenses to cross with every attack, besides the undefended model.
+        Defenses to evaluate against every attack, one unit each.
 
     Raises
     ------
@@ -213,16 +222,16 @@ def split_plan(
     """
     shards = shard_ranges(samples, plan.batch_size, shard_size)
     units = [WorkUnit("clean", start, stop, _unit_key(fingerprint, "clean", start, stop)) for start, stop in shards]
-    slots: list[tuple[int, DefenseSpec | None]] = [(-1, None), *enumerate(defenses)]
-    for attack_index, spec in enumerate(attacks):
-        identity = attack_identity(spec.name, spec.settings)
+    identities = [attack_identity(spec.name, spec.settings) for spec in attacks]
+    for attack_index, (spec, identity) in enumerate(zip(attacks, identities)):
         seed = derive_seed(plan.seed, identity)
         attack_shards = [(0, samples)] if _needs_preparation(spec) else shards
-        for defense_index, defense in slots:
-            defense_identity = None if defense is None else attack_identity(defense.name, defense.settings)
-            for start, stop in attack_shards:
-                key = _unit_key(fingerprint, "attack", identity, defense_identity, start, stop)
-                units.append(WorkUnit("attack", start, stop, key, attack_index, spec, defense_index, defense, seed))
+        for start, stop in attack_shards:
+            key = _unit_key(fingerprint, "attack", identity, None, start, stop)
+            units.append(WorkUnit("attack", start, stop, key, attack_index, spec, -1, None, seed))
+    for defense_index, defense in enumerate(defenses):
+        key = _unit_key(fingerprint, "defense", attack_identity(defense.name, defense.settings), identities, 0, samples)
+        units.append(WorkUnit("defense", 0, samples, key, -1, None, defense_index, defense))
     return units
 
 

@@ -93,7 +93,7 @@ def run_plan(
     folder = None if units_dir is None else Path(units_dir)
     if folder is not None and resume and shard_size is None:
         shard_size = _finished_shard_size(folder, fingerprint)
-    units = split_plan(plan, plan_attacks(plan), len(data), fingerprint, shard_size=shard_size)
+    units = split_plan(plan, plan_attacks(plan), len(data), fingerprint, shard_size=shard_size, defenses=plan.defenses)
     if engine == "local" and workers is None and all(unit.start == 0 for unit in units):
         # One shard: starting worker processes (each imports torch) would cost more than it saves.
         runner = LocalEngine(workers=1)
