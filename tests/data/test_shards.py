@@ -105,7 +105,7 @@ def test_float_images_out_of_range_are_rejected(tmp_path):
 
 
 def test_count_mismatch_and_empty_folder_are_rejected(samples, tmp_path):
-    with pytest.raises(DataError, match="holds no shards"):
+    with pytest.raises(DataError, match="no shards found"):
         open_sharded(tmp_path)
     np.save(tmp_path / "s0-images.npy", samples[0][:10])
     np.save(tmp_path / "s0-labels.npy", samples[1][:9])

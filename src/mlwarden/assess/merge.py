@@ -1,6 +1,6 @@
 """Merge the JSON documents of work units into one ``results.json``.
 
-Every unit holds per-sample arrays for its shard. The merge checks that the
+Every unit contains per-sample arrays for its shard. The merge checks that the
 shards of each attack cover every sample exactly once (a lost unit or a
 unit counted twice is an error, never a silent gap), joins the arrays in
 index order and recomputes every figure from the joined arrays, so the
@@ -197,11 +197,10 @@ def merge_examples(shard_examples: Sequence[Sequence[dict[str, Any]]]) -> list[d
     """Pick, from the examples of consecutive shards, those an unsplit run picks.
 
     An unsplit run takes the first successful samples of distinct labels in
-    index order. Each shard kept its own first ones; every sample of the
-    global choice is among them (a shard can only have dropped a sample
-    after it found enough distinct labels, and then so had the whole run), so
-    applying the same rule to the shards' examples in order gives the same
-    choice.
+    index order, and each shard kept its own first ones. Every sample of the
+    global choice is among them: a shard drops a sample only after it found
+    enough distinct labels, and by then so had the whole run. Applying the
+    same rule to the shards' examples in order therefore gives the same choice.
     """
     chosen: list[dict[str, Any]] = []
     used_labels: set[int] = set()

@@ -1,4 +1,4 @@
-"""What a worker needs to run work units, and the function it runs for each unit.
+"""The payload a worker needs to run work units, and the function it runs for each unit.
 
 An engine ships one :class:`AssessmentPayload` (model, data, bounds, plan)
 to each worker once: the process pool passes it to the worker initializer,
@@ -88,7 +88,7 @@ def content_digest(payload: AssessmentPayload) -> str:
 
 
 def _context(payload: AssessmentPayload) -> AssessmentContext:
-    """Return the context a unit's attack or defense sees, as ``run_assessment`` builds it."""
+    """Return the context passed to a unit's attack or defense, built as ``run_assessment`` builds it."""
     plan = payload.plan
     return AssessmentContext(
         test=payload.data,

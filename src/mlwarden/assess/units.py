@@ -1,9 +1,9 @@
 """Work units: an assessment plan split into attack x defense x data shard.
 
-A unit is the smallest piece of an assessment that an engine schedules: the
-clean predictions of one data shard, one attack (with every budget of its
-sweep) on one shard of the undefended model, or one defense evaluated against
-every attack on the whole data set. Each unit returns versioned JSON (schema
+A unit is the smallest piece of an assessment that an engine schedules. It
+is the clean predictions of one data shard, or one attack (with every budget
+of its sweep) on one shard of the undefended model, or one defense evaluated
+against every attack on the whole data set. Each unit returns versioned JSON (schema
 ``mlwarden.unit/1``) holding per-sample arrays, and
 :mod:`mlwarden.assess.merge` joins the units into ``results.json``.
 
@@ -170,7 +170,7 @@ def inputs_fingerprint(plan: Plan, header: dict[str, Any], content_digest: str) 
 
     ``header`` is the ``results.json`` header (see
     :func:`mlwarden.assess.runner.results_header`); its model description
-    holds the weights' SHA-256 where the model has one. ``content_digest``
+    contains the weights' SHA-256 where the model has one. ``content_digest``
     is a digest of the model's tensors and the samples themselves (see
     :func:`mlwarden.assess.payload.content_digest`), so that changed weights
     or data never reuse old units.
@@ -260,9 +260,9 @@ def write_unit(directory: str | Path, unit: WorkUnit, document: dict[str, Any]) 
 def read_unit_files(directory: str | Path, keys: set[str] | None) -> dict[str, dict[str, Any]]:
     """Return the finished units in ``directory`` whose key is in ``keys`` (all when None), by key.
 
-    Files of other plans or inputs are skipped and counted in a log line;
-    unreadable files (a run killed while writing leaves none, because writes
-    are atomic, but a disk may fail) are skipped with a warning.
+    Files of other plans or inputs are skipped and counted in a log line.
+    Unreadable files are skipped with a warning. A run killed while writing
+    leaves none, because writes are atomic, but a disk may fail.
     """
     directory = Path(directory)
     found: dict[str, dict[str, Any]] = {}

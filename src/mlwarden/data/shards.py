@@ -3,7 +3,7 @@
 A sharded data set is a folder of shard files of one format, taken in name
 order (zero-pad the numbers: ``part-0009`` sorts before ``part-0010``).
 Samples are numbered globally across shards in that order. Each format
-holds images and labels:
+stores images and labels:
 
 - ``.npy``: pairs ``<name>images<rest>.npy`` and ``<name>labels<rest>.npy``;
 - ``.npz``: one archive per shard with arrays ``images`` and ``labels``;
@@ -230,7 +230,7 @@ def _discover(path: Path) -> tuple[list[tuple[Path, Path | None]], str]:
     formats = [fmt for fmt, files in found.items() if files]
     if not formats:
         raise DataError(
-            f"{path} holds no shards: expected *images*.npy with *labels*.npy, *.npz, *.parquet, or "
+            f"no shards found in {path}: expected *images*.npy with *labels*.npy, *.npz, *.parquet, or "
             "*images-idx3-ubyte[.gz] with *labels-idx1-ubyte[.gz]",
             value=str(path),
         )
@@ -274,7 +274,7 @@ def _inspect(fmt: str, path: Path, labels_path: Path | None) -> tuple[int, tuple
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3:
-        raise DataError(f"shard {path} holds samples of shape {tuple(shape)}; expected (H, W) or (C, H, W)", value=str(path))
+        raise DataError(f"shard {path} has samples of shape {tuple(shape)}; expected (H, W) or (C, H, W)", value=str(path))
     return int(count), tuple(int(v) for v in shape)
 
 

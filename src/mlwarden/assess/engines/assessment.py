@@ -1,11 +1,11 @@
 """Run an assessment plan as work units on an engine and merge the units into ``results.json``.
 
-The steps: load the model and data once, split the plan into units
-(:func:`~mlwarden.assess.units.split_plan`), skip the units already finished
-in the units directory when resuming, run the rest on the engine while
-writing each unit's JSON as it arrives, and merge every unit into the
-``results.json`` content. The report is then rendered from that merge like
-from any other results file.
+The model and data are loaded once and the plan is split into units
+(:func:`~mlwarden.assess.units.split_plan`). When resuming, the units
+already finished in the units directory are skipped. The rest run on the
+engine, and each unit's JSON is written as it arrives. Every unit is then
+merged into the ``results.json`` content, from which the report is rendered
+like from any other results file.
 
 Ctrl-C stops the engine and keeps the unit files written so far; running
 again with ``resume=True`` (``mlwarden assess --resume DIR``) picks them up.
@@ -33,7 +33,7 @@ __all__ = ["run_plan", "UNITS_FOLDER"]
 
 logger = logging.getLogger(__name__)
 
-# Folder of an assessment's output directory that holds the unit files.
+# Folder of an assessment's output directory that contains the unit files.
 UNITS_FOLDER = "units"
 
 
@@ -121,7 +121,9 @@ def run_plan(
                     write_unit(folder, unit, document)
                 bar.update(1)
     except KeyboardInterrupt:
-        where = f"; they are kept in {folder}, continue with --resume" if folder is not None else ""
+        where = ""
+        if folder is not None:
+            where = f"; they are kept in {folder}, continue with: mlwarden assess --resume {folder.parent} (same plan)"
         logger.warning("interrupted: %d of %d units finished%s", len(documents), len(units), where)
         raise
     finally:

@@ -80,7 +80,7 @@ def get_engine(name: str, *, scheduler: str | None = None, workers: int | None =
     ------
     ParameterError
         Unknown engine, a scheduler without the Dask engine, or Dask is not
-        installed (the message says how to install it).
+        installed (the message gives the install command).
     """
     if name not in ENGINE_NAMES:
         raise ParameterError(f"engine must be one of {', '.join(ENGINE_NAMES)}, got {name!r}", value=name)

@@ -73,9 +73,9 @@ def _run_on_worker(
 def _poll(completed: as_completed) -> Iterator[Any]:
     """Yield finished futures, waiting in short sleeps.
 
-    Blocking inside Dask's synchronous calls would let Ctrl-C interrupt its
-    event-loop bookkeeping, which then logs errors of its own; a KeyboardInterrupt
-    raised during ``time.sleep`` leaves Dask's state intact for the cancellation.
+    Ctrl-C during a blocking Dask call interrupts Dask's event-loop
+    bookkeeping, which then logs errors of its own. A KeyboardInterrupt raised
+    during ``time.sleep`` leaves Dask's state intact for the cancellation.
     """
     while not completed.is_empty():
         batch = completed.next_batch(block=False)
@@ -158,10 +158,10 @@ class DaskEngine:
     ) -> Generator[tuple[UnitT, dict[str, Any]], None, None]:
         """Yield ``(unit, task(unit, payload, *blocks))`` for every unit, in completion order.
 
-        ``blocks(unit)`` returns Dask collections or delayed objects (the
-        chunks of a Dask array, for example); each worker computes the
-        blocks of its unit and passes them to the task as NumPy arrays, so
-        the data is read where it is used, one unit at a time.
+        ``blocks(unit)`` returns Dask collections or delayed objects, such as
+        the chunks of a Dask array. Each worker computes the blocks of its
+        unit and passes them to the task as NumPy arrays, so the data is read
+        where it is used, one unit at a time.
         """
         if not units:
             return

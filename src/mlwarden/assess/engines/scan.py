@@ -1,8 +1,8 @@
 """Scan a sharded data set for poisoned samples on an engine, one partition at a time.
 
 The poisoning detectors of :mod:`mlwarden.defenses.poisoning` fit per-class
-models on a whole set; a set larger than memory is scanned in two passes
-over partitions of at most ``partition_size`` samples:
+models on a whole set. A set larger than memory is therefore scanned in two
+passes over partitions of at most ``partition_size`` samples:
 
 1. **fit**: every partition returns the model's features of its samples that
    belong to the fitting sample (all samples when there are at most
@@ -74,7 +74,7 @@ class ScanUnit:
 
 @dataclass
 class ScanPayload:
-    """What every scan unit reads: the data set, the model, and after the fit the fitted detectors."""
+    """Inputs of every scan unit: the data set, the model, and after the fit the fitted detectors."""
 
     dataset: ShardedDataset
     model: nn.Module
