@@ -58,8 +58,8 @@ def start_service(
     """Start services (each with its own database) on free loopback ports; stop them after the test."""
     running: list[ServiceThread] = []
 
-    def start(config: ServiceConfig | None = None, **kwargs: object) -> RunningService:
-        service = build_service(served_lenet, tmp_path / f"service-{len(running)}.db", config, **kwargs)
+    def start(config: ServiceConfig | None = None, model: ServedModel | None = None, **kwargs: object) -> RunningService:
+        service = build_service(model or served_lenet, tmp_path / f"service-{len(running)}.db", config, **kwargs)
         thread = ServiceThread(service).start()
         running.append(thread)
         response = httpx.get(f"{thread.url}/healthz", timeout=10.0)

@@ -67,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fit a k-NN poisoning screen on --detector-samples images of --detector-data for the uploads",
     )
+    parser.add_argument(
+        "--train-uploads",
+        action="store_true",
+        help="release screened uploads to the rollback-guarded trainer (implies --screen); its gold set is "
+        "--gold-samples images of the test split of --detector-data",
+    )
+    parser.add_argument("--gold-samples", type=int, default=1000, help="trusted held-out images of the trainer's checks (default 1000)")
     parser.add_argument("--reject-flagged", action="store_true", help="answer 422 when the detector flags an image, instead of only logging it")
     parser.add_argument(
         "--torch-threads",
@@ -161,13 +168,21 @@ def run(args: argparse.Namespace) -> int:
         if not config.has("detector"):
             raise ParameterError("--detector needs the detector guard; add it to --guards", value=args.guards)
         detector = _fit_detector(args.detector, model, args.detector_data, args.detector_samples)
-    screen = None
-    if args.screen:
+    screen = trainer = None
+    if args.screen or args.train_uploads:
         from ..data import load_dataset
         from ..serve.release import UploadScreen
 
         trusted = load_dataset(args.detector_data, "train").subset(args.detector_samples)
         screen = UploadScreen.fit(model, trusted.images, trusted.labels)
-    service = build_service(model, args.db, config, detector=detector, screen=screen)
+    if args.train_uploads:
+        from ..data import load_dataset
+        from ..defenses.poisoning.incremental import IncrementalTrainer
+        from ..defenses.poisoning.quarantine import QuarantineStore
+
+        gold = load_dataset(args.detector_data, "test").subset(args.gold_samples)
+        # The trainer's quarantine shares the service's database file; its tables have other names.
+        trainer = IncrementalTrainer(model.module, gold.images, gold.labels, quarantine=QuarantineStore(args.db))
+    service = build_service(model, args.db, config, detector=detector, screen=screen, trainer=trainer)
     run_server(service, args.host, args.port)
     return 0

@@ -101,7 +101,8 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: str
     model: str
-    sha256: str | None
+    sha256: str | None = Field(description="SHA-256 of the weights file loaded at start.")
+    model_version: int = Field(description="Updates accepted by the guarded trainer since start; 0 without one.")
     version: str
 
 
@@ -271,7 +272,14 @@ def create_app(service: Service, *, close_on_shutdown: bool = True) -> FastAPI:
     @app.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> dict[str, Any]:
         """Report that the service is up, with the hash of the model it serves."""
-        return {"status": "ok", "model": service.model.name, "sha256": service.model.sha256, "version": __version__}
+        version = getattr(service.trainer, "version", 0)
+        return {
+            "status": "ok",
+            "model": service.model.name,
+            "sha256": service.model.sha256,
+            "model_version": version,
+            "version": __version__,
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     async def metrics() -> PlainTextResponse:

@@ -8,10 +8,11 @@ An upload leaves the quarantine in two steps, each recorded in the
    on trusted data in the served model's feature space. A flagged upload
    becomes ``rejected`` with the detector's reason; the others stay
    ``quarantined`` with their ``screened`` time set.
-2. :meth:`UploadScreen.release` hands the screened uploads to a
-   :class:`GuardedTrainer`, the rollback-guarded incremental training loop.
-   Uploads it trains on become ``released``; uploads it rolls back become
-   ``rejected`` with its reason.
+2. :meth:`UploadScreen.release` submits the screened uploads to the
+   rollback-guarded incremental training loop
+   (:class:`mlwarden.defenses.poisoning.IncrementalTrainer`). Uploads it
+   learns become ``released``. Uploads it does not learn become ``rejected``
+   with the reason it recorded in its quarantine store.
 
 The default screen is a per-class k-nearest-neighbour distance detector on
 the model's penultimate features: a flipped label puts an image far from
@@ -28,31 +29,35 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ParameterError
 from .database import ServiceDatabase
 from .ingest import decode_sample
 from .model import ServedModel
 
-__all__ = ["UploadScreen", "ScreenReport", "GuardedTrainer", "TrainingVerdict"]
+__all__ = ["UploadScreen", "ScreenReport", "GuardedTrainer"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainingVerdict:
-    """A guarded trainer's decision on one batch: trained on, or rolled back with a reason."""
-
-    accepted: bool
-    reason: str = ""
-
-
 @runtime_checkable
 class GuardedTrainer(Protocol):
-    """Interface of the rollback-guarded incremental training loop that :meth:`UploadScreen.release` calls."""
+    """Interface of the rollback-guarded training loop, as :class:`mlwarden.defenses.poisoning.IncrementalTrainer` has it.
 
-    def update(self, inputs: torch.Tensor, labels: torch.Tensor) -> TrainingVerdict:
-        """Train on a batch unless a held-out check gets worse; return whether the batch was kept."""
+    ``submit`` fine-tunes a copy of ``model`` on a batch and keeps it only
+    if its checks pass, recording every sample it does not learn in
+    ``quarantine`` with the batch id, the sample's index and the reason.
+    ``predict`` reads the served model under the trainer's lock.
+    """
+
+    model: nn.Module
+    quarantine: Any
+
+    def submit(self, inputs: torch.Tensor, labels: torch.Tensor, *, batch_id: str | None = None, source: str | None = None) -> Any:
+        ...
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         ...
 
 
@@ -163,35 +168,47 @@ class UploadScreen:
         return report
 
     def release(self, database: ServiceDatabase, trainer: GuardedTrainer, *, limit: int = 10_000) -> ScreenReport:
-        """Hand the screened uploads to the guarded trainer as one batch; record its verdict on each."""
+        """Submit the screened uploads to the guarded trainer as one batch and record its decision on each.
+
+        Uploads the trainer learned become ``released``. Those it quarantined
+        (rolled back, rejected before training, flagged by its own screen, or
+        from a blocked source) become ``rejected`` with its reason.
+        """
         if not isinstance(trainer, GuardedTrainer):
             raise ParameterError(
-                f"release needs a trainer with update(inputs, labels) -> TrainingVerdict, got {type(trainer).__name__}",
+                "release needs a rollback-guarded trainer with submit(inputs, labels, batch_id=, source=), predict() "
+                f"and a quarantine store, got {type(trainer).__name__}",
                 value=type(trainer).__name__,
             )
         ids, images, labels = self._load(database, limit, screened=True)
         report = ScreenReport(examined=len(ids))
         if not ids:
             return report
-        verdict = trainer.update(images, labels)
+        batch_id = f"uploads-{ids[0]}-{ids[-1]}-{int(time.time())}"
+        outcome = trainer.submit(images, labels, batch_id=batch_id, source="ingest")
+        # The trainer records each sample it does not learn, by index in the batch, with its reason.
+        not_learned = {
+            int(record.index): record.reason for record in trainer.quarantine.records(status=None, batch_id=batch_id)
+        }
+        prefix = "rolled back: " if outcome.status == "rolled back" else "training loop: "
         now = time.time()
         with database.write(durable=True) as connection:
-            if verdict.accepted:
-                connection.executemany(
-                    "UPDATE uploads SET status = 'released', updated = ? WHERE id = ?", [(now, i) for i in ids]
-                )
-                report.released = len(ids)
-            else:
-                reason = f"rolled back: {verdict.reason}"
-                connection.executemany(
-                    "UPDATE uploads SET status = 'rejected', reason = ?, updated = ? WHERE id = ?",
-                    [(reason, now, i) for i in ids],
-                )
-                report.rejected[reason] = len(ids)
+            for row, upload_id in enumerate(ids):
+                if row in not_learned:
+                    reason = prefix + not_learned[row]
+                    connection.execute(
+                        "UPDATE uploads SET status = 'rejected', reason = ?, updated = ? WHERE id = ?", (reason, now, upload_id)
+                    )
+                    report.rejected[reason] = report.rejected.get(reason, 0) + 1
+                else:
+                    connection.execute("UPDATE uploads SET status = 'released', updated = ? WHERE id = ?", (now, upload_id))
+                    report.released += 1
         logger.info(
-            "release of %d screened uploads: %s",
+            "release of %d screened uploads as batch %s: %s, %d learned",
             len(ids),
-            "trained on" if verdict.accepted else f"rolled back ({verdict.reason})",
-            extra={"event": "ingest.released" if verdict.accepted else "ingest.rolled_back", "uploads": len(ids)},
+            batch_id,
+            outcome.status,
+            report.released,
+            extra={"event": "ingest.released", "uploads": len(ids), "status": outcome.status, "learned": report.released},
         )
         return report

@@ -68,7 +68,7 @@ class GuardRejection(Exception):
     detail : str
         The message in the response body.
     reason : str
-        What the log and the audit log record (may say more than ``detail``).
+        The cause recorded in the log and the audit log, which may give more than ``detail``.
     headers : dict
         Extra response headers (``Retry-After``, ``WWW-Authenticate``).
     """
@@ -112,8 +112,10 @@ class Service:
         Poisoning detectors for the quarantined uploads (``/v1/admin/uploads/screen``).
     trainer : GuardedTrainer, optional
         The rollback-guarded training loop that screened uploads are released
-        to (``/v1/admin/uploads/release``). It must not change the served
-        model's weights while requests use them: train a copy, then swap.
+        to (``/v1/admin/uploads/release``), such as
+        :class:`mlwarden.defenses.poisoning.IncrementalTrainer`. It must train
+        the served module itself, and predictions then go through its
+        ``predict``, which never reads a half-updated model.
     """
 
     def __init__(
@@ -132,6 +134,11 @@ class Service:
         self.detector = detector
         self.screen = screen
         self.trainer = trainer
+        if trainer is not None and getattr(trainer, "model", None) is not model.module:
+            raise ParameterError(
+                "the guarded trainer must train the served module itself: build it with the ServedModel's module",
+                value=type(trainer).__name__,
+            )
         self.keys = KeyStore(database)
         self.audit = AuditLog(database)
         self.limiter = RateLimiter()
@@ -236,7 +243,10 @@ class Service:
                 )
                 if config.reject_flagged:
                     raise GuardRejection(422, "input rejected by the adversarial-input detector", state["reason"])
-        probabilities = self.model.probabilities(inputs)
+        if self.trainer is not None:
+            probabilities = torch.softmax(self.trainer.predict(inputs).to(torch.float32), dim=1)
+        else:
+            probabilities = self.model.probabilities(inputs)
         self.metrics.inc("mlwarden_predictions_total", len(inputs))
         if config.has("monitor"):
             if principal.status == "active" and config.monitor.action != "alert" and self.monitor.is_flagged(principal.key_id):
