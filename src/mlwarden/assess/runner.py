@@ -24,6 +24,7 @@ from ..data import Dataset, load_dataset
 from ..errors import PlanError
 from ..models import LoadedModel, check_model_output, resolve_model
 from .context import AssessmentContext
+from .defended import run_defense
 from .metrics import clean_accuracy, per_sample_record, summarize_attack
 from .plan import AttackSpec, Plan
 from .results import SCHEMA
@@ -83,6 +84,7 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
     attacks: list[dict[str, Any]] = []
     for spec in plan_attacks(plan):
         attacks.extend(run_attack(spec, model, data, context, clean_logits, progress=progress))
+    defenses = [run_defense(spec, model, data, context, plan_attacks(plan), progress=progress) for spec in plan.defenses]
 
     return {
         **results_header(plan, loaded, data, bounds, started),
@@ -91,6 +93,7 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
             "per_sample": {"label": data.labels.tolist(), "prediction": clean_predictions.tolist()},
         },
         "attacks": attacks,
+        **({"defenses": defenses} if defenses else {}),
     }
 
 
