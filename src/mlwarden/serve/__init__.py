@@ -7,11 +7,14 @@
 - :mod:`.hardening`, :mod:`.payload`: output hardening, and decoding with size limits;
 - :mod:`.ingest`: signed device records into the quarantine;
 - :mod:`.database`, :mod:`.audit`, :mod:`.metrics`, :mod:`.logs`: state, audit log, metrics, structured logs;
-- :mod:`.server`, :mod:`.client`: running on uvicorn, and the HTTP client and query model.
+- :mod:`.server`, :mod:`.client`, :mod:`.query_model`: running on uvicorn, the HTTP client, and
+  the service as a black-box query model.
 """
 
 from .app import create_app
-from .client import ServiceClient, ServiceQueryModel, ServiceRefused
+from typing import Any
+
+from .client import ServiceClient, ServiceRefused
 from .config import GUARDS, MonitorSettings, OutputPolicy, PayloadLimits, ServiceConfig
 from .database import ServiceDatabase
 from .keys import SCOPES, ApiKey, KeyStore
@@ -43,3 +46,12 @@ __all__ = [
     "load_served_model",
     "run_server",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The query model needs mlwarden.models.query and torch's nn at import; the server does not.
+    if name == "ServiceQueryModel":
+        from .query_model import ServiceQueryModel
+
+        return ServiceQueryModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

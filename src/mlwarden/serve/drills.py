@@ -30,7 +30,7 @@ from torch import nn
 
 from .._validation import check_choice
 from ..data import Dataset
-from .client import ServiceClient, ServiceQueryModel, ServiceRefused
+from .client import ServiceClient, ServiceRefused
 from .config import GUARDS, OutputPolicy, ServiceConfig
 from .model import ServedModel
 from .server import ServiceThread, build_service
@@ -168,6 +168,7 @@ def _extraction(
     url: str, token: str | None, settings: AttackSettings, data: Dataset, reference: nn.Module | None
 ) -> dict[str, Any]:
     from ..attacks.extraction import ExtractionEvaluation, JacobianAugmentation, KnockoffNets
+    from .query_model import ServiceQueryModel
 
     check_choice(settings.method, "method", "extraction", ("jacobian", "knockoff"))
     evaluation = ExtractionEvaluation(reference, data.images[_EVALUATION], data.labels[_EVALUATION])
@@ -194,6 +195,7 @@ def _evasion(
 ) -> dict[str, Any]:
     from ..attacks.api import evade_through_api
     from ..attacks.registry import get_attack_entry
+    from .query_model import ServiceQueryModel
 
     method = settings.method if settings.method not in ("jacobian", "knockoff") else "square"
     entry = get_attack_entry(method)

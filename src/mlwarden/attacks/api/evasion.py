@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import BudgetExhausted, ModelError
-from ...models.query import QueryModel
 from ..base import EvasionAttack
+
+
+if TYPE_CHECKING:
+    from ...models.query import QueryModel
 
 __all__ = ["EvasionThroughApiResult", "evade_through_api"]
 

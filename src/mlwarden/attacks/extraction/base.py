@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,12 @@ from torch import nn
 
 from ..._validation import check_int, check_real
 from ...errors import BudgetExhausted, ParameterError
-from ...models.query import QueryModel
 from ...models.zoo import build
 from ...threat import ThreatProfile
+
+
+if TYPE_CHECKING:
+    from ...models.query import QueryModel
 
 __all__ = [
     "ExtractionCheckpoint",

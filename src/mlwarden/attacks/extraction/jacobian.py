@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..._validation import check_int, check_real
-from ...models.query import QueryModel
 from ...threat import Frequency, Goal, Knowledge, Specificity, Stage, ThreatProfile
 from .base import ExtractionEvaluation, ExtractionResult, ModelExtraction, check_pool
+
+
+if TYPE_CHECKING:
+    from ...models.query import QueryModel
 
 __all__ = ["JacobianAugmentation"]
 

@@ -22,14 +22,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..._validation import check_choice, check_int
-from ...models.query import QueryModel
 from ...threat import Frequency, Goal, Knowledge, Specificity, Stage, ThreatProfile
 from .base import ExtractionEvaluation, ExtractionResult, ModelExtraction, check_pool, checkpoint_counts
+
+
+if TYPE_CHECKING:
+    from ...models.query import QueryModel
 
 __all__ = ["KnockoffNets", "synthetic_images", "TRANSFER_SETS"]
 
