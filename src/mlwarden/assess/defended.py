@@ -36,7 +36,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -518,6 +517,8 @@ def _reseed(defense: Any, seed: int, purpose: str) -> None:
 def _roc_auc(clean: torch.Tensor, adversarial: torch.Tensor) -> float | None:
     if len(clean) == 0 or len(adversarial) == 0:
         return None
+    from sklearn.metrics import roc_auc_score  # imported here: it is slow to import and only detectors need it
+
     truth = [0] * len(clean) + [1] * len(adversarial)
     return float(roc_auc_score(truth, torch.cat([clean, adversarial]).tolist()))
 

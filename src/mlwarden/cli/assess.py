@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..assess import AttackSpec, Plan, load_plan, parse_spec, write_results
+from ..assess import AttackSpec, DefenseSpec, Plan, load_plan, parse_spec, write_results
 from ..assess.engines import ENGINE_NAMES, UNITS_FOLDER, run_plan
 from ..errors import ParameterError
 from ..attacks.registry import ATTACKS, DEFAULT_ATTACKS, get_attack_entry
+from ..defenses.registry import get_defense_entry
 from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
+from ..report.defenses import defense_matrix
 
 __all__ = ["register", "run", "build_plan"]
 
@@ -35,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME[:key=value,...]",
         help="attack to run, repeatable, e.g. fgsm:eps=0.05 or deepfool:steps=100; default "
         f"{' '.join(DEFAULT_ATTACKS)}. 'mlwarden assess --list-attacks' lists the names",
+    )
+    parser.add_argument(
+        "--defense",
+        action="append",
+        metavar="NAME[:key=value,...]",
+        help="defense to evaluate against every attack, standard and adaptive, repeatable, e.g. bit-depth:bits=4, "
+        "jpeg, median, random-resize, random-transform, ensemble:members=[FILE],vote=majority, smoothing:sigma=0.25, "
+        "squeeze-detector, mahalanobis; a robust-trained model goes through --model FILE.safetensors",
     )
     parser.add_argument("--plan", type=Path, help="YAML plan with model, data, attacks and settings")
     parser.add_argument("--limit", type=int, help="assess only the first N samples of the split")
@@ -98,7 +108,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
         seed=args.seed,
         output=None if args.output is None else str(args.output),
         attacks=attacks,
+        defenses=tuple(DefenseSpec(*parse_spec(text, "defense")) for text in args.defense) if args.defense else None,
     )
+    for defense in plan.defenses:
+        get_defense_entry(defense.name)
     if not plan.attacks:
         plan = plan.updated(attacks=tuple(AttackSpec(name) for name in DEFAULT_ATTACKS))
     for spec in plan.attacks:
@@ -135,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     results_path = write_results(results, output)
     report_path = render_report(results, output)
     print(format_table(ATTACK_COLUMNS, attack_rows(results)))
+    if results.get("defenses"):
+        print("\n" + format_table(*defense_matrix(results)))
     figures = sorted(output.glob("[0-9][0-9]-*.png"))
     print(f"\nwrote {results_path}, {report_path} and {len(figures)} figures in {output}/")
     return 0

@@ -58,11 +58,12 @@ def defense_matrix(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 
 def render_defenses_markdown(results: dict[str, Any]) -> str:
-    """Return the Markdown section on defenses, or an empty string when the assessment has none."""
+    """Return the Markdown section on defenses after a blank line, or an empty string when the assessment has none."""
     defenses = results.get("defenses") or []
     if not defenses:
         return ""
     lines = [
+        "",
         "## Defenses",
         "",
         "Accuracy under attack per defense. *Standard*: the attack run on the defended model as it is. *Adaptive*: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .defenses import render_defenses_markdown
 from .figures import figure_name
 from .table import ATTACK_COLUMNS, attack_rows
 
@@ -59,6 +60,7 @@ def render_markdown(results: dict[str, Any], figures: list[Path] | None = None) 
         ["attack", "knowledge", "frequency", "mode", "scope", "level", "norm", "eps", "median queries (successful)"],
         profile_rows,
     )
+    lines += render_defenses_markdown(results).splitlines()
     if figures:
         lines += ["", "## Examples", "", "Original image, perturbation (amplified) and adversarial image, with the "
                   "class the model predicts for each.", ""]
