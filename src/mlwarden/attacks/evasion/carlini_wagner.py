@@ -17,13 +17,11 @@ bisects the interval above.
 Each run starts again from the original input. The result of a sample is
 the adversarial iterate of smallest L2 norm over all runs.
 
-Early abort: every ``steps // 10`` iterations, a sample that is already
-adversarial in the current run and whose objective has not decreased by at
-least 0.01% since the last check ends that run, which skips most iterations
-of samples that have converged. Samples not yet adversarial never abort:
-judging them by the objective alone (per sample, where the original applies
-it to the whole batch) stopped some on a plateau just before they crossed
-the boundary.
+Early abort: every ``steps // 10`` iterations, a sample whose objective has
+not decreased by at least 0.01% since the last check ends the current run.
+The original applies this test to the whole batch; applied per sample, it
+skips most iterations of samples that have converged, including those whose
+constant is still too small to cross the boundary.
 
 The optimizer state (Adam moments and step count) is kept per sample, and
 samples leave the batch as they abort, so a run costs gradients only for the
@@ -95,7 +93,7 @@ class CarliniWagnerL2(EvasionAttack):
         next one, in logits, >= 0; larger values give larger, more
         transferable perturbations.
     abort_early : bool, default True
-        End the run of an adversarial sample when its objective stops decreasing.
+        End a sample's run when its objective stops decreasing.
 
     Examples
     --------
@@ -234,7 +232,7 @@ class CarliniWagnerL2(EvasionAttack):
             w = w - step / ((second_moment / (1 - beta2**iteration)).sqrt() + _ADAM_EPSILON)
 
             if self.abort_early and iteration % check_every == 0 and iteration < self.steps:
-                keep = ~succeeded[rows] | (objective <= 0.9999 * objective_at_check)
+                keep = objective <= 0.9999 * objective_at_check
                 objective_at_check = objective[keep]
                 if not bool(keep.all()):
                     rows, w = rows[keep], w[keep]

@@ -1,0 +1,500 @@
+"""White-box attacks of mlwarden against ART, torchattacks and Foolbox 3, in one process.
+
+Usage::
+
+    .venv/bin/python bench/peers.py [--limit 1000] [--attacks fgsm,pgd,...]
+        [--peers art,torchattacks,foolbox] [--slow-peer-limit 100] [--no-write]
+
+Every library attacks the shipped LeNet-5 on the same first ``--limit``
+Fashion-MNIST test images, in batches of 500, with the budgets of
+``BUDGETS`` below. For each attack and library the script prints the time
+and the ratio of the peer's time to mlwarden's (per image). It also prints
+the accuracy under attack, the success rate over the samples the attack had
+to work on and the mean L2 norm of the successful perturbations. It writes
+the same figures to the section ``## White-box attacks against peers`` of
+docs/benchmarks.md.
+
+The peers come from scripts/peers.txt (installed with --no-deps) and the
+``bench`` extra. A missing peer is skipped. ART's C&W runs only on the first
+``--slow-peer-limit`` images, because it needs about 2 s per image; its time
+ratio is per image and the note gives mlwarden's figures on the same images.
+
+All numbers are measured here, with torch's default thread count. Results
+are recomputed from each library's returned images with the same model, so
+no library's own success flag is trusted: Foolbox 3.3.4's C&W returns an
+all-zero image for a sample it failed on and reports it as a success when the
+model misclassifies that image, which this script counts as a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlwarden import __version__
+from mlwarden.attacks.evasion import APGD, BIM, CW, FGSM, JSMA, PGD, DeepFool
+from mlwarden.data import load_dataset
+from mlwarden.models import load_pretrained
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## White-box attacks against peers"
+BATCH_SIZE = 500
+PEERS = ("art", "torchattacks", "foolbox")
+PEER_PACKAGES = {
+    "art": "adversarial-robustness-toolbox",
+    "torchattacks": "torchattacks",
+    "foolbox": "foolbox",
+}
+
+# The budgets every library gets. eps is L-inf in pixel units of [0, 1].
+BUDGETS: dict[str, dict[str, float | int | str]] = {
+    "fgsm": {"eps": 0.1},
+    "bim": {"eps": 0.1, "step_size": 0.01, "steps": 10},
+    "pgd": {"eps": 0.1, "step_size": 0.01, "steps": 40, "random_start": "yes"},
+    "deepfool": {"steps": 50, "overshoot": 0.02, "candidates": 10},
+    "jsma": {"theta": 1.0, "gamma": 0.1, "targets": "random, seed 0"},
+    "cw": {"binary_search_steps": 5, "steps": 100, "learning_rate": 0.01, "initial_const": 0.01, "kappa": 0},
+    "apgd-ce": {"eps": 0.03, "steps": 100, "restarts": 1},
+    "apgd-dlr": {"eps": 0.03, "steps": 100, "restarts": 1},
+}
+ATTACKS = tuple(BUDGETS)
+TARGETED = {"jsma"}
+
+Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class Row:
+    attack: str
+    library: str
+    images: int
+    seconds: float
+    accuracy: float
+    success_rate: float
+    mean_l2: float | None
+    notes: list[str] = field(default_factory=list)
+    ratio: float | None = None
+
+
+# --- mlwarden ---------------------------------------------------------------------
+
+
+def _mlwarden(attack: str) -> Adversary:
+    budget = BUDGETS[attack]
+    builders: dict[str, Callable[[], object]] = {
+        "fgsm": lambda: FGSM(),
+        "bim": lambda: BIM(steps=int(budget.get("steps", 0)), step_size=float(budget.get("step_size", 0))),
+        "pgd": lambda: PGD(steps=int(budget.get("steps", 0)), step_size=float(budget.get("step_size", 0))),
+        "deepfool": lambda: DeepFool(steps=50, overshoot=0.02, candidates=10),
+        "jsma": lambda: JSMA(theta=1.0, gamma=0.1),
+        "cw": lambda: CW(steps=100, binary_search_steps=5, initial_const=0.01, learning_rate=0.01),
+        "apgd-ce": lambda: APGD(loss="ce", steps=100),
+        "apgd-dlr": lambda: APGD(loss="dlr", steps=100),
+    }
+    instance = builders[attack]()
+    eps = budget.get("eps")
+
+    def run(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        outputs = []
+        for start in range(0, len(inputs), BATCH_SIZE):
+            stop = start + BATCH_SIZE
+            batch_targets = None if targets is None else targets[start:stop]
+            result = instance(  # type: ignore[operator]
+                model,
+                inputs[start:stop],
+                labels[start:stop],
+                batch_targets,
+                eps=eps,
+                indices=torch.arange(start, min(stop, len(inputs))),
+            )
+            outputs.append(result.adversarial)
+        return torch.cat(outputs)
+
+    return run
+
+
+# --- ART -------------------------------------------------------------------------------
+
+
+def _art(attack: str, model: nn.Module) -> Adversary | None:
+    from art.attacks import evasion
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
+    )
+    common = {"batch_size": BATCH_SIZE, "verbose": False}
+    factories: dict[str, Callable[[], object]] = {
+        "fgsm": lambda: evasion.FastGradientMethod(classifier, eps=0.1, batch_size=BATCH_SIZE),
+        "bim": lambda: evasion.BasicIterativeMethod(classifier, eps=0.1, eps_step=0.01, max_iter=10, **common),
+        "pgd": lambda: evasion.ProjectedGradientDescent(
+            classifier, eps=0.1, eps_step=0.01, max_iter=40, num_random_init=1, **common
+        ),
+        "deepfool": lambda: evasion.DeepFool(classifier, max_iter=50, epsilon=0.02, nb_grads=10, **common),
+        "jsma": lambda: evasion.SaliencyMapMethod(classifier, theta=1.0, gamma=0.1, **common),
+        "cw": lambda: evasion.CarliniL2Method(
+            classifier, confidence=0.0, learning_rate=0.01, binary_search_steps=5, max_iter=100, initial_const=0.01, **common
+        ),
+        "apgd-ce": lambda: evasion.AutoProjectedGradientDescent(
+            classifier, eps=0.03, eps_step=0.06, max_iter=100, nb_random_init=1, loss_type="cross_entropy", **common
+        ),
+        "apgd-dlr": lambda: evasion.AutoProjectedGradientDescent(
+            classifier,
+            eps=0.03,
+            eps_step=0.06,
+            max_iter=100,
+            nb_random_init=1,
+            loss_type="difference_logits_ratio",
+            **common,
+        ),
+    }
+    instance = factories[attack]()
+
+    def run(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        np.random.seed(0)
+        # ART's JSMA is targeted only and reads y as the targets; the others read y as true labels.
+        y = targets if targets is not None else labels
+        return torch.as_tensor(instance.generate(x=inputs.numpy(), y=y.numpy()))  # type: ignore[attr-defined]
+
+    return run
+
+
+# --- torchattacks -----------------------------------------------------------------------
+
+
+def _torchattacks(attack: str, model: nn.Module) -> Adversary | None:
+    import torchattacks
+
+    factories: dict[str, Callable[[], object]] = {
+        "fgsm": lambda: torchattacks.FGSM(model, eps=0.1),
+        "bim": lambda: torchattacks.BIM(model, eps=0.1, alpha=0.01, steps=10),
+        "pgd": lambda: torchattacks.PGD(model, eps=0.1, alpha=0.01, steps=40, random_start=True),
+        "deepfool": lambda: torchattacks.DeepFool(model, steps=50, overshoot=0.02),
+        "jsma": lambda: torchattacks.JSMA(model, theta=1.0, gamma=0.1),
+        # No binary search: one run at c=1 with the 5 x 100 gradient steps of the others.
+        "cw": lambda: torchattacks.CW(model, c=1.0, kappa=0.0, steps=500, lr=0.01),
+        "apgd-ce": lambda: torchattacks.APGD(model, norm="Linf", eps=0.03, steps=100, n_restarts=1, seed=0, loss="ce"),
+        "apgd-dlr": lambda: torchattacks.APGD(model, norm="Linf", eps=0.03, steps=100, n_restarts=1, seed=0, loss="dlr"),
+    }
+    instance = factories[attack]()
+    if attack in TARGETED:
+        instance.set_mode_targeted_by_label(quiet=True)  # type: ignore[attr-defined]
+
+    def run(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        goal = targets if targets is not None else labels
+        outputs = [
+            instance(inputs[start : start + BATCH_SIZE], goal[start : start + BATCH_SIZE]).detach()  # type: ignore[operator]
+            for start in range(0, len(inputs), BATCH_SIZE)
+        ]
+        return torch.cat(outputs)
+
+    return run
+
+
+# --- Foolbox ---------------------------------------------------------------------------------
+
+
+def _foolbox(attack: str, model: nn.Module) -> Adversary | None:
+    import foolbox
+
+    attacks = foolbox.attacks
+    factories: dict[str, tuple[Callable[[], object], float | None]] = {
+        "fgsm": (lambda: attacks.FGSM(), 0.1),
+        "bim": (lambda: attacks.LinfBasicIterativeAttack(abs_stepsize=0.01, steps=10), 0.1),
+        "pgd": (lambda: attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=True), 0.1),
+        "deepfool": (lambda: attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02), None),
+        "cw": (
+            lambda: attacks.L2CarliniWagnerAttack(
+                binary_search_steps=5, steps=100, stepsize=0.01, confidence=0, initial_const=0.01
+            ),
+            None,
+        ),
+    }
+    if attack not in factories:
+        return None
+    factory, eps = factories[attack]
+    instance = factory()
+    wrapped = foolbox.PyTorchModel(model, bounds=(0, 1))
+
+    def run(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        outputs = []
+        for start in range(0, len(inputs), BATCH_SIZE):
+            _, clipped, _ = instance(  # type: ignore[operator]
+                wrapped, inputs[start : start + BATCH_SIZE], labels[start : start + BATCH_SIZE], epsilons=eps
+            )
+            outputs.append(clipped.detach())
+        return torch.cat(outputs)
+
+    return run
+
+
+PEER_ADAPTERS: dict[str, Callable[[str, nn.Module], Adversary | None]] = {
+    "art": _art,
+    "torchattacks": _torchattacks,
+    "foolbox": _foolbox,
+}
+# Attacks each peer lacks: JSMA and APGD are not in Foolbox 3.
+MISSING = {"foolbox": {"jsma", "apgd-ce", "apgd-dlr"}}
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(inputs[s : s + BATCH_SIZE]).argmax(1) for s in range(0, len(inputs), BATCH_SIZE)])
+
+
+def measure(
+    attack: str,
+    library: str,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None,
+    adversarial: torch.Tensor,
+    seconds: float,
+) -> Row:
+    """Return the figures of one run, recomputed from the returned images."""
+    notes = []
+    adversarial = adversarial.to(torch.float32).reshape(inputs.shape)
+    placeholder = (adversarial.flatten(1).abs().amax(1) == 0) & (inputs.flatten(1).abs().amax(1) > 0)
+    if bool(placeholder.any()):
+        notes.append(f"{int(placeholder.sum())} all-zero images returned for failed samples, counted as failures")
+        adversarial = torch.where(placeholder.view(-1, 1, 1, 1), inputs, adversarial)
+    outside = int(((adversarial < -1e-6) | (adversarial > 1 + 1e-6)).flatten(1).any(1).sum())
+    if outside:
+        notes.append(f"{outside} images outside [0, 1]")
+    delta = (adversarial - inputs).flatten(1)
+    eps = BUDGETS[attack].get("eps")
+    if eps is not None:
+        over = int((delta.abs().amax(1) > float(eps) + 1e-5).sum())
+        if over:
+            notes.append(f"{over} perturbations over the budget")
+
+    clean = _predict(model, inputs)
+    predictions = _predict(model, adversarial)
+    if targets is None:
+        attacked, success = clean == labels, predictions != labels
+    else:
+        attacked, success = clean != targets, predictions == targets
+    fooled = attacked & success
+    l2 = delta.norm(dim=1)
+    return Row(
+        attack=attack,
+        library=library,
+        images=len(inputs),
+        seconds=seconds,
+        accuracy=float((predictions == labels).float().mean()),
+        success_rate=float(fooled.sum()) / max(int(attacked.sum()), 1),
+        mean_l2=float(l2[fooled].mean()) if bool(fooled.any()) else None,
+        notes=notes,
+    )
+
+
+def timed(adversary: Adversary, model: nn.Module, inputs, labels, targets) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    adversarial = adversary(model, inputs, labels, targets)
+    return adversarial, time.perf_counter() - start
+
+
+def available_peers(requested: list[str]) -> dict[str, str]:
+    """Return ``{peer: version}`` of the requested peers that import."""
+    found = {}
+    for peer in requested:
+        try:
+            __import__(peer)
+        except ImportError as error:
+            print(f"skipping {peer}: {error}", file=sys.stderr)
+            continue
+        found[peer] = importlib.metadata.version(PEER_PACKAGES[peer])
+    return found
+
+
+def benchmark(limit: int, attacks: list[str], peers: dict[str, str], slow_peer_limit: int) -> tuple[list[Row], float]:
+    model, _ = load_pretrained("lenet5")
+    data = load_dataset("fashion-mnist", "test").subset(limit)
+    inputs, labels = data.images, data.labels
+    generator = torch.Generator().manual_seed(0)
+    targets = (labels + torch.randint(1, 10, labels.shape, generator=generator)) % 10
+    clean_accuracy = float((_predict(model, inputs) == labels).float().mean())
+
+    # One forward and backward pass first, so that no library pays for the first call's set-up.
+    warm = inputs[:BATCH_SIZE].clone().requires_grad_(True)
+    torch.autograd.grad(model(warm).sum(), warm)
+
+    rows: list[Row] = []
+    for attack in attacks:
+        attack_targets = targets if attack in TARGETED else None
+        adversarial, seconds = timed(_mlwarden(attack), model, inputs, labels, attack_targets)
+        ours = measure(attack, "mlwarden", model, inputs, labels, attack_targets, adversarial, seconds)
+        rows.append(ours)
+        _print_row(ours)
+        for peer in peers:
+            if attack in MISSING.get(peer, set()):
+                continue
+            adversary = PEER_ADAPTERS[peer](attack, model)
+            if adversary is None:
+                continue
+            count = limit
+            if peer == "art" and attack == "cw":
+                count = min(limit, slow_peer_limit)
+            sub_targets = None if attack_targets is None else attack_targets[:count]
+            peer_adversarial, peer_seconds = timed(adversary, model, inputs[:count], labels[:count], sub_targets)
+            row = measure(attack, peer, model, inputs[:count], labels[:count], sub_targets, peer_adversarial, peer_seconds)
+            row.ratio = (peer_seconds / count) / (seconds / limit)
+            if count < limit:
+                same = measure(
+                    attack, "mlwarden", model, inputs[:count], labels[:count], sub_targets, adversarial[:count], 0.0
+                )
+                row.notes.append(
+                    f"first {count} images only; mlwarden on them: accuracy {100 * same.accuracy:.1f}%, "
+                    f"success {100 * same.success_rate:.1f}%, mean L2 {_l2_text(same.mean_l2)}"
+                )
+            rows.append(row)
+            _print_row(row)
+    return rows, clean_accuracy
+
+
+def _l2_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_row(row: Row) -> None:
+    ratio = "" if row.ratio is None else f"{row.ratio:7.1f}x"
+    print(
+        f"{row.attack:9s} {row.library:13s} {row.images:5d} img {row.seconds:8.1f} s {ratio:>9s} "
+        f"acc {100 * row.accuracy:5.1f}% success {100 * row.success_rate:5.1f}% L2 {_l2_text(row.mean_l2):>6s} "
+        f"{'; '.join(row.notes)}",
+        flush=True,
+    )
+
+
+# --- the Markdown section ---------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def render_section(
+    rows: list[Row], clean_accuracy: float, limit: int, peers: dict[str, str], command: str, load: tuple[float, float]
+) -> str:
+    versions = ", ".join(
+        [f"mlwarden {__version__}", f"torch {torch.__version__}"]
+        + [f"{PEER_PACKAGES[p]} {v}" for p, v in peers.items()]
+        + ([f"eagerpy {importlib.metadata.version('eagerpy')}"] if "foolbox" in peers else [])
+    )
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`, run on {datetime.date.today().isoformat()} on {os.cpu_count()} CPU cores "
+        f"({_cpu_name()}), torch with its default {torch.get_num_threads()} threads, one process for all "
+        f"libraries. Load average {load[0]:.1f} before and {load[1]:.1f} after the run. Versions: {versions}.",
+        "",
+        f"Model: the shipped LeNet-5; data: the first {limit} Fashion-MNIST test images, on which its clean "
+        f"accuracy is {100 * clean_accuracy:.1f}%. Every library gets the same images in batches of {BATCH_SIZE} "
+        "and the same budget:",
+        "",
+    ]
+    for attack in sorted({r.attack for r in rows}, key=list(BUDGETS).index):
+        settings = ", ".join(f"{k} {v}" for k, v in BUDGETS[attack].items())
+        lines.append(f"- {attack}: {settings}")
+    lines += [
+        "",
+        "Accuracy under attack counts every image. Success rate counts the images the attack had to work on "
+        "(correctly classified, or for targeted JSMA not yet the target) and mean L2 the successful ones. All "
+        "are recomputed from the images each library returns. The time ratio is the peer's time per image over "
+        "mlwarden's, so above 1 means mlwarden is faster.",
+        "",
+        "| attack | library | images | seconds | peer / mlwarden time | accuracy under attack | success rate | mean L2 | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = "-" if row.ratio is None else f"{row.ratio:.1f}"
+        name = f"**{row.library}**" if row.library == "mlwarden" else row.library
+        lines.append(
+            f"| {row.attack} | {name} | {row.images} | {row.seconds:.1f} | {ratio} | {100 * row.accuracy:.1f}% | "
+            f"{100 * row.success_rate:.1f}% | {_l2_text(row.mean_l2)} | {'; '.join(row.notes)} |"
+        )
+    lines += [
+        "",
+        "Notes on the peers' versions of the attacks:",
+        "",
+        "- torchattacks' C&W has no binary search over the constant; it runs once at c = 1 with 500 steps, the "
+        "gradient budget of 5 searches of 100 steps.",
+        "- torchattacks' JSMA runs targeted with the same targets as the others (`set_mode_targeted_by_label`). "
+        "ART's JSMA is targeted only.",
+        "- mlwarden's BIM, PGD and APGD stop working on a sample at its first adversarial iterate, which saves "
+        "gradients and gives smaller perturbations; the peers run every step.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path) -> None:
+    """Replace the section in ``path`` (or append it), leaving the other sections as they are."""
+    existing = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(existing):
+        updated = pattern.sub(lambda _: text + "\n", existing, count=1)
+    else:
+        updated = existing.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(updated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--limit", type=int, default=1000, help="test images to attack (default 1000)")
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated attacks (default: all)")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers (default: all)")
+    parser.add_argument(
+        "--slow-peer-limit", type=int, default=100, help="images for ART's C&W, which is slow (default 100)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in BUDGETS]
+    if unknown:
+        parser.error(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+
+    # Peers warn about their own deprecations; they are not what is measured.
+    warnings.filterwarnings("ignore")
+    logging.getLogger("art").setLevel(logging.ERROR)
+    peers = available_peers([p.strip() for p in args.peers.split(",") if p.strip()])
+    load_before = os.getloadavg()[0]
+    rows, clean_accuracy = benchmark(args.limit, attacks, peers, args.slow_peer_limit)
+    load_after = os.getloadavg()[0]
+    if not args.no_write:
+        command = "python bench/peers.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        section = render_section(rows, clean_accuracy, args.limit, peers, command, (load_before, load_after))
+        write_section(section, ROOT / "docs" / "benchmarks.md")
+        print(f"wrote {SECTION!r} to docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
