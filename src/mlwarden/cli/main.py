@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES = [
     "serve",
     "keys",
     "attack",
+    "scan_data",
 ]
 
 EXIT_USAGE = 2
