@@ -174,7 +174,7 @@ def evaluate_clean(
     if prepared.is_detector:
         correct = _logits(model, images, batch_size).argmax(1) == labels
         scores = defense.score_samples(images)
-        flagged = scores > defense.threshold_
+        flagged = defense.flags(scores)
         return {
             "clean_accuracy": _mean(correct),
             "clean_accuracy_with_rejection": _mean(correct & ~flagged),
@@ -396,7 +396,7 @@ def _detection_arrays(
     predictions = _logits(model, adversarial, batch_size).argmax(1)
     fooled = predictions != labels if targets is None else predictions == targets
     scores = detector.score_samples(adversarial)
-    flagged = scores > detector.threshold_
+    flagged = detector.flags(scores)
     return {
         f"{mode}_fooled": _ints(fooled),
         f"{mode}_flagged": _ints(flagged),

@@ -51,6 +51,7 @@ def _print_epoch(record: EpochRecord) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    defense = build_training_defense(args.defense, seed=args.seed) if args.defense else None
     train = load_dataset(args.data, "train")
     test = load_dataset(args.data, "test")
     import torch
@@ -58,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(config.seed)
     kwargs = {"num_classes": train.num_classes}
     model = build(args.model, **kwargs)
-    defense = build_training_defense(args.defense) if args.defense else None
-    robust = {} if defense is None else {"batch_loss": defense, "epoch_hook": defense.epoch_hook(test)}
-    history = train_model(model, train, test, config, on_epoch_end=_print_epoch, progress=None, **robust)
+    if defense is None:
+        history = train_model(model, train, test, config, on_epoch_end=_print_epoch, progress=None)
+    else:
+        hook = defense.epoch_hook(test)
+        history = train_model(
+            model, train, test, config, batch_loss=defense, epoch_hook=hook, on_epoch_end=_print_epoch, progress=None
+        )
     metadata = {
         "architecture": args.model,
         "architecture_kwargs": kwargs,

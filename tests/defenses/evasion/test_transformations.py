@@ -256,3 +256,9 @@ def test_ensemble_majority_masks_gradient_until_bpda(lenet, small_batch):
 def test_ensemble_needs_two_members(lenet):
     with pytest.raises(ParameterError, match="at least two models"):
         Ensemble([lenet])
+
+
+def test_random_transformation_converts_with_module_methods(small_batch):
+    defense = RandomTransformation(LeNet5().eval(), seed=0).double()
+    assert defense.model.classifier.weight.dtype == torch.float64
+    assert defense(small_batch[0][:2].double()).dtype == torch.float64

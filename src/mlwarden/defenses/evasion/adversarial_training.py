@@ -19,10 +19,10 @@ the loss is computed in the mode the training loop set. ``epoch_hook(test)``
 returns the per-epoch hook that measures robust accuracy on held-out images.
 
 Robust training does not mask gradients, so the standard white-box PGD
-attack is already the adaptive one; what it is known to fall to is a larger
-budget than it was trained for, other norms (an L-inf-trained model is not
-robust to L2 or L0 attacks of similar visibility), and, for fast FGSM
-training, catastrophic overfitting at large budgets (Wong et al., 2020).
+attack is already the adaptive one. It is known to fall to larger budgets
+than it was trained for and to other norms (an L-inf-trained model is not
+robust to L2 or L0 attacks of similar visibility). Fast FGSM training is
+also known to overfit catastrophically at large budgets (Wong et al., 2020).
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ class GaussianAugmentation(RobustTraining):
     """Train on inputs with Gaussian noise of standard deviation ``sigma`` (Cohen et al., 2019).
 
     It is the training that makes randomized smoothing certify useful
-    radii; by itself it gives little robustness to L-inf attacks, so the
+    radii. By itself it gives little robustness to L-inf attacks, so the
     per-epoch PGD accuracy (at ``eps``) stays low.
 
     Parameters
@@ -331,8 +331,10 @@ TRAINING_DEFENSES: dict[str, type[RobustTraining]] = {
 }
 
 
-def build_training_defense(text: str) -> RobustTraining:
+def build_training_defense(text: str, *, seed: int | None = None) -> RobustTraining:
     """Return the robust-training method named by ``NAME[:key=value,...]``, e.g. ``pgd:eps=0.1,steps=7``.
+
+    ``seed`` seeds the method's random starts unless the text sets ``seed``.
 
     Raises
     ------
@@ -354,6 +356,8 @@ def build_training_defense(text: str) -> RobustTraining:
             f"training defense {name!r} has no setting {unknown[0]!r}; its settings are {', '.join(known)}",
             value=unknown[0],
         )
+    if seed is not None:
+        settings.setdefault("seed", seed)
     return cls(**settings)
 
 
@@ -362,7 +366,7 @@ def _setting_names(cls: type[RobustTraining]) -> list[str]:
     for klass in cls.__mro__:
         if klass is object or "__init__" not in vars(klass):
             continue
-        for parameter in inspect.signature(klass.__init__).parameters.values():
+        for parameter in inspect.signature(vars(klass)["__init__"]).parameters.values():
             if parameter.kind is parameter.KEYWORD_ONLY and parameter.name not in names:
                 names.append(parameter.name)
     return names

@@ -47,8 +47,8 @@ def piecewise_constant(values: torch.Tensor, inputs: torch.Tensor) -> torch.Tens
 
     A vote or a rounding is piecewise constant, so its true gradient is zero
     almost everywhere. Attaching it keeps autograd working for attacks that
-    differentiate the defense naively; they get the zero gradient they would
-    get from any implementation of the same function.
+    differentiate the defense naively, and they get the zero gradient that
+    any implementation of the same function gives.
     """
     if not inputs.requires_grad:
         return values
@@ -231,6 +231,12 @@ class AdversarialDetector:
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Return bool (N,): True where the input is flagged as adversarial."""
         return self.decision_function(inputs) > 0
+
+    def flags(self, scores: torch.Tensor) -> torch.Tensor:
+        """Return bool (N,): True where a score from :meth:`score_samples` exceeds the threshold."""
+        self._check_fitted()
+        assert self.threshold_ is not None  # checked above
+        return scores > self.threshold_
 
     def settings(self) -> dict[str, object]:
         """Return the detector's settings, as stored in ``results.json``."""

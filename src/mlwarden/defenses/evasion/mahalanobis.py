@@ -4,7 +4,7 @@ Reference: K. Lee, K. Lee, H. Lee, J. Shin, "A simple unified framework for
 detecting out-of-distribution samples and adversarial attacks", NeurIPS 2018.
 
 Class-conditional Gaussians with a shared covariance are fitted to the
-features of clean training inputs; the score of an input is its smallest
+features of clean training inputs. The score of an input is its smallest
 Mahalanobis distance to a class mean. Adversarial inputs that cross a class
 boundary with a small perturbation often land in low-density regions of
 feature space.

@@ -87,7 +87,7 @@ class RandomResizePad(_RandomDefense):
 
     Each sample is resized (bilinear) to a random side between ``min_size``
     and its own side, then placed at a random position in a canvas of the
-    original size filled with the lower bound. The model sees the original
+    original size filled with the lower bound. The model gets the original
     input size, as Xie et al. do with a resize-then-pad to a fixed size.
 
     Known to fall to EOT: the resize is differentiable, and averaging the
@@ -230,12 +230,12 @@ class RandomTransformation(_RandomDefense):
             picked = (choice == position).nonzero().flatten()
             if len(picked) == 0:
                 continue
-            done_exact, done_approximate = self._apply(kind, exact[picked], approximate[picked])
+            done_exact, done_approximate = self._transform_kind(kind, exact[picked], approximate[picked])
             new_exact = new_exact.index_copy(0, picked.to(exact.device), done_exact)
             new_approximate = new_approximate.index_copy(0, picked.to(exact.device), done_approximate)
         return new_exact, new_approximate
 
-    def _apply(self, kind: str, exact: torch.Tensor, approximate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transform_kind(self, kind: str, exact: torch.Tensor, approximate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self.bounds
         count = exact.shape[0]
         if kind == "noise":

@@ -8,7 +8,7 @@ predicts most often for ``x + N(0, sigma^2 I)``. If the top class has
 probability at least ``p_A > 1/2`` under the noise, ``g`` is constant within
 the L2 ball of radius ``sigma * Phi^-1(p_A)`` around ``x``. :meth:`certify`
 estimates a lower confidence bound of ``p_A`` by sampling (Clopper-Pearson),
-so each certificate holds with probability at least ``1 - alpha``;
+so each certificate is valid with probability at least ``1 - alpha``, and
 :meth:`predict` abstains unless a binomial test separates the top two
 classes at level ``alpha``.
 
@@ -185,8 +185,8 @@ class RandomizedSmoothing(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             votes = self._noisy_outputs(inputs, self.samples, soft=False) / self.samples
-            # Ties go to the class with the lower index, as argmax does; shares are below 1, so the
-            # tie-break never overturns a difference of one vote.
+            # Ties go to the class with the lower index, as argmax does. The tie-break term is below
+            # one vote's share, so it never overturns a difference of one vote.
             tie_break = -torch.arange(votes.shape[1], dtype=votes.dtype) / (votes.shape[1] * 2.0 * self.samples)
         return piecewise_constant(votes + tie_break, inputs)
 
@@ -206,7 +206,7 @@ class RandomizedSmoothing(nn.Module):
 
         The top class is returned when a two-sided binomial test rejects, at
         level ``alpha``, that the top two classes are equally likely under
-        the noise; the probability of returning a class other than the
+        the noise. The probability of returning a class other than the
         smoothed classifier's is then at most ``alpha``.
         """
         owner = type(self).__name__
