@@ -27,6 +27,7 @@ from .context import AssessmentContext
 from .defended import run_defense
 from .metrics import clean_accuracy, per_sample_record, summarize_attack
 from .plan import AttackSpec, Plan
+from .poisoning import run_poisoning, split_attack_specs, split_defense_specs
 from .results import SCHEMA
 from .seeds import attack_identity, derive_seed
 from .targets import make_targets
@@ -84,7 +85,9 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
     attacks: list[dict[str, Any]] = []
     for spec in plan_attacks(plan):
         attacks.extend(run_attack(spec, model, data, context, clean_logits, progress=progress))
-    defenses = [run_defense(spec, model, data, context, plan_attacks(plan), progress=progress) for spec in plan.defenses]
+    evasion_defenses, _ = split_defense_specs(plan.defenses)
+    defenses = [run_defense(spec, model, data, context, plan_attacks(plan), progress=progress) for spec in evasion_defenses]
+    poisoning = run_poisoning(plan, model, data, context, progress=progress) if split_attack_specs(plan.attacks)[1] else []
 
     return {
         **results_header(plan, loaded, data, bounds, started),
@@ -94,6 +97,7 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
         },
         "attacks": attacks,
         **({"defenses": defenses} if defenses else {}),
+        **({"poisoning": poisoning} if poisoning else {}),
     }
 
 
@@ -107,8 +111,13 @@ def load_inputs(plan: Plan) -> tuple[LoadedModel, Dataset, tuple[float, float]]:
 
 
 def plan_attacks(plan: Plan) -> tuple[AttackSpec, ...]:
-    """Return the plan's attacks, or the default attacks when it names none."""
-    return plan.attacks or tuple(AttackSpec(name) for name in DEFAULT_ATTACKS)
+    """Return the plan's evasion attacks, or the default attacks when it names no attack at all.
+
+    Poisoning attacks are left out: :func:`mlwarden.assess.poisoning.run_poisoning` runs them.
+    """
+    if not plan.attacks:
+        return tuple(AttackSpec(name) for name in DEFAULT_ATTACKS)
+    return split_attack_specs(plan.attacks)[0]
 
 
 def results_header(

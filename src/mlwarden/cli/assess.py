@@ -7,11 +7,13 @@ from pathlib import Path
 
 from ..assess import AttackSpec, DefenseSpec, Plan, load_plan, parse_spec, write_results
 from ..assess.engines import ENGINE_NAMES, UNITS_FOLDER, run_plan
+from ..assess.poisoning import split_attack_specs, split_defense_specs
 from ..errors import ParameterError
 from ..attacks.registry import ATTACKS, DEFAULT_ATTACKS, get_attack_entry
 from ..defenses.registry import get_defense_entry
 from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
 from ..report.defenses import defense_matrix
+from ..report.poisoning import poisoning_table
 
 __all__ = ["register", "run", "build_plan"]
 
@@ -110,11 +112,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
         attacks=attacks,
         defenses=tuple(DefenseSpec(*parse_spec(text, "defense")) for text in args.defense) if args.defense else None,
     )
-    for defense in plan.defenses:
+    for defense in split_defense_specs(plan.defenses)[0]:
         get_defense_entry(defense.name)
     if not plan.attacks:
         plan = plan.updated(attacks=tuple(AttackSpec(name) for name in DEFAULT_ATTACKS))
-    for spec in plan.attacks:
+    for spec in split_attack_specs(plan.attacks)[0]:
         get_attack_entry(spec.name)
     return plan
 
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(ATTACK_COLUMNS, attack_rows(results)))
     if results.get("defenses"):
         print("\n" + format_table(*defense_matrix(results)))
+    if results.get("poisoning"):
+        print("\n" + format_table(*poisoning_table(results)))
     figures = sorted(output.glob("[0-9][0-9]-*.png"))
     print(f"\nwrote {results_path}, {report_path} and {len(figures)} figures in {output}/")
     return 0

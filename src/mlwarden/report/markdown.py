@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .defenses import render_defenses_markdown
+from .poisoning import render_poisoning_markdown
 from .figures import figure_name
 from .table import ATTACK_COLUMNS, attack_rows
 
@@ -61,6 +62,7 @@ def render_markdown(results: dict[str, Any], figures: list[Path] | None = None) 
         profile_rows,
     )
     lines += render_defenses_markdown(results).splitlines()
+    lines += render_poisoning_markdown(results).splitlines()
     if figures:
         lines += ["", "## Examples", "", "Original image, perturbation (amplified) and adversarial image, with the "
                   "class the model predicts for each.", ""]

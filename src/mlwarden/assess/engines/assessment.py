@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..merge import merge_units
 from ..payload import AssessmentPayload, content_digest, execute_unit
 from ..plan import Plan
+from ..poisoning import run_plan_poisoning, split_defense_specs
 from ..runner import load_inputs, plan_attacks, results_header
 from ..units import clear_unit_files, inputs_fingerprint, read_unit_files, split_plan, write_unit
 from .base import Engine, get_engine
@@ -93,7 +94,8 @@ def run_plan(
     folder = None if units_dir is None else Path(units_dir)
     if folder is not None and resume and shard_size is None:
         shard_size = _finished_shard_size(folder, fingerprint)
-    units = split_plan(plan, plan_attacks(plan), len(data), fingerprint, shard_size=shard_size, defenses=plan.defenses)
+    evasion_defenses = split_defense_specs(plan.defenses)[0]
+    units = split_plan(plan, plan_attacks(plan), len(data), fingerprint, shard_size=shard_size, defenses=evasion_defenses)
     if engine == "local" and workers is None and all(unit.start == 0 for unit in units):
         # One shard: starting worker processes (each imports torch) would cost more than it saves.
         runner = LocalEngine(workers=1)
@@ -130,6 +132,10 @@ def run_plan(
         bar.close()
 
     merged = merge_units(header, units, documents)
+    # Poisoning retrains whole models, so it runs here, after the units, and is not resumable.
+    poisoning = run_plan_poisoning(plan, loaded.model, data, bounds, progress=progress)
+    if poisoning:
+        merged["poisoning"] = poisoning
     merged["seconds"] = time.time() - started
     merged["engine"] = {
         **runner.describe(),
