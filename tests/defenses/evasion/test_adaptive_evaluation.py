@@ -88,3 +88,22 @@ def test_smoothing_record_has_certified_accuracy(lenet, context):
     assert certified["samples"] == 10
     assert certified["accuracy"][0] >= certified["accuracy"][1]
     assert len(certified["per_sample"]["radius"]) == 10
+
+
+def test_every_defense_docstring_names_its_bypass():
+    from mlwarden.defenses import evasion
+
+    classes = [
+        evasion.BitDepthReduction,
+        evasion.MedianSmoothing,
+        evasion.JpegCompression,
+        evasion.RandomResizePad,
+        evasion.RandomTransformation,
+        evasion.Ensemble,
+        evasion.RandomizedSmoothing,
+        evasion.FeatureSqueezingDetector,
+        evasion.MahalanobisDetector,
+        *evasion.TRAINING_DEFENSES.values(),
+    ]
+    undocumented = [cls.__name__ for cls in classes if "fall to" not in " ".join((cls.__doc__ or "").split())]
+    assert undocumented == []

@@ -126,6 +126,9 @@ def robust_accuracy(
 class RobustTraining:
     """A robust-training method: a batch loss for ``train_model`` and its per-epoch hook.
 
+    Subclasses state in their docstring, and in ``known_bypass``, the attack
+    they are known to fall to.
+
     Parameters
     ----------
     eps : float, default 0.1
@@ -182,6 +185,9 @@ class RobustTraining:
 class PGDAdversarialTraining(RobustTraining):
     """Train on L-inf PGD adversarial inputs only (Madry et al., 2018).
 
+    Known to fall to larger budgets than ``eps`` and to L2 or L0 attacks;
+    white-box PGD is already the adaptive attack, since nothing is masked.
+
     Parameters
     ----------
     eps : float, default 0.1
@@ -211,6 +217,9 @@ class PGDAdversarialTraining(RobustTraining):
 
 class FastAdversarialTraining(RobustTraining):
     """Train on one FGSM step from a uniform random start in the eps-ball (Wong et al., 2020).
+
+    Known to fall to PGD once training overfits catastrophically (see
+    Notes), and like PGD training to larger budgets and other norms.
 
     Parameters
     ----------
@@ -244,6 +253,9 @@ class FastAdversarialTraining(RobustTraining):
 
 class TRADES(RobustTraining):
     """Cross-entropy on clean inputs plus ``beta`` times the KL divergence to the adversarial output.
+
+    Known to fall to larger budgets than ``eps`` and to L2 or L0 attacks,
+    like PGD training.
 
     The inner attack maximizes the KL divergence between the model's output
     on the clean input and on the perturbed one, starting from small
@@ -298,6 +310,9 @@ class TRADES(RobustTraining):
 
 class GaussianAugmentation(RobustTraining):
     """Train on inputs with Gaussian noise of standard deviation ``sigma`` (Cohen et al., 2019).
+
+    Known to fall to any white-box attack on the base model alone; it is
+    meant as the base model of randomized smoothing.
 
     It is the training that makes randomized smoothing certify useful
     radii. By itself it gives little robustness to L-inf attacks, so the

@@ -31,6 +31,10 @@ __all__ = ["FeatureSqueezingDetector"]
 class FeatureSqueezingDetector(AdversarialDetector):
     """Score inputs by how much squeezing changes the model's softmax output.
 
+    Known to fall to an attack that minimizes the classification margin and
+    the squeezing score together, passing the squeezers' gradients straight
+    through (:func:`~mlwarden.defenses.evasion.adaptive.detector_aware_attack`).
+
     Parameters
     ----------
     model : nn.Module

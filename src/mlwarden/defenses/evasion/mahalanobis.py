@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 class MahalanobisDetector(AdversarialDetector):
     """Score inputs by the Mahalanobis distance of their features to the nearest class mean.
 
+    Known to fall to an attack that descends the classification margin and
+    the distance together
+    (:func:`~mlwarden.defenses.evasion.adaptive.detector_aware_attack`).
+
     Parameters
     ----------
     model : nn.Module
