@@ -77,6 +77,14 @@ class Ensemble(nn.Module):
         self.randomized = any(getattr(member, "randomized", False) for member in members)
 
     @property
+    def differentiable(self) -> bool:
+        """Whether autograd through the ensemble already gives a useful gradient (averaged probabilities)."""
+        return self.vote == "average" and not any(
+            callable(getattr(member, "forward_bpda", None)) and not getattr(member, "differentiable", True)
+            for member in self.members
+        )
+
+    @property
     def known_bypass(self) -> str:
         """The adaptive attack this ensemble is known to fall to."""
         if self.vote == "average":
