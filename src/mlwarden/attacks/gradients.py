@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._fast_conv import fast_input_gradients
+
 __all__ = ["CostCounter", "evaluation_mode", "predict_logits", "attack_loss_gradient", "class_gradients"]
 
 
@@ -62,7 +64,7 @@ def attack_loss_gradient(
     minus the cross-entropy of the target, so that ascending moves towards it.
     """
     inputs = inputs.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), fast_input_gradients():
         logits = model(inputs)
         if targets is None:
             loss = F.cross_entropy(logits, labels, reduction="sum")
@@ -94,7 +96,7 @@ def class_gradients(
     """
     inputs = inputs.detach().requires_grad_(True)
     columns = []
-    with torch.enable_grad():
+    with torch.enable_grad(), fast_input_gradients():
         logits = model(inputs)
         picked = logits.gather(1, classes)
         for k in range(classes.shape[1]):

@@ -48,6 +48,7 @@ from torch import nn
 from ..._validation import check_bool, check_choice, check_int, check_real
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
+from .._fast_conv import fast_input_gradients
 from ..base import EvasionAttack
 from ..gradients import CostCounter, predict_logits
 from .pgd import (
@@ -238,7 +239,7 @@ class AutoProjectedGradientDescent(EvasionAttack):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits, per-sample loss, gradient)`` at ``inputs``."""
         inputs = inputs.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), fast_input_gradients():
             logits = model(inputs)
             loss = self._per_sample_loss(logits, labels, targets)
             (gradient,) = torch.autograd.grad(loss.sum(), inputs)
