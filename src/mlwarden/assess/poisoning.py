@@ -2,7 +2,7 @@
 
 A plan lists poisoning attacks among its attacks; their names come from
 :data:`mlwarden.attacks.poisoning.POISONING_ATTACKS`, apart from the
-evasion names, and :func:`split_attack_specs` tells them apart. Defenses
+evasion names, and :func:`split_attack_specs` separates the two kinds. Defenses
 named in :data:`mlwarden.defenses.poisoning.POISON_DETECTORS` apply to the
 poisoning attacks; without any, each attack gets the detectors that answer
 its kind (label flips: label noise and k-NN distance; backdoors: spectral
@@ -164,6 +164,7 @@ def _assess_rate(
     poisoned_labels = torch.as_tensor(poisoned.labels)
     victim = _train_fresh(model, poisoned.inputs, poisoned_labels, train, test, epochs, context)
     bar.update(1)
+
     record: dict[str, Any] = {
         "name": entry.name,
         "label": label,
@@ -177,6 +178,7 @@ def _assess_rate(
         **_effects(victim, attack, test),
         "defenses": [],
     }
+
     features = _features(victim, poisoned.inputs)
     for defense in detectors:
         detector = build_detector(defense.name, **defense.settings)
@@ -197,6 +199,7 @@ def _assess_rate(
         )
         bar.update(1)
     bar.close()
+
     record["seconds"] = time.perf_counter() - started
     logger.info(
         "%s: clean accuracy %.4f, backdoor success %s, %d defenses in %.1f s",
