@@ -107,6 +107,7 @@ def _load_optional_families() -> None:
 # Modules that call register_attack when imported, beyond the four classic attacks below.
 _FAMILY_MODULES: list[str] = [
     "mlwarden.attacks.evasion._whitebox_entries",
+    "mlwarden.attacks.evasion._blackbox_entries",
 ]
 
 # The four attacks of the classic evaluation, with the budgets used on 28x28 gray images in [0, 1].

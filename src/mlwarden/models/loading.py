@@ -5,6 +5,8 @@ Accepted forms:
 - a zoo name (``lenet5``): the architecture with its shipped weights;
 - a ``.safetensors`` file with an mlwarden sidecar (written by ``mlwarden train``);
 - a TorchScript file (``.pt``, ``.pth``, ``.ts``, ``.torchscript``) saved with ``torch.jit.save``;
+- an ONNX file (``.onnx``), run with ONNX Runtime as a query model: black-box
+  and transfer attacks work on it, white-box attacks raise a ModelError;
 - ``package.module:factory`` with a weights file (safetensors, or a state
   dict saved by ``torch.save``, read with ``weights_only=True``).
 """
@@ -78,8 +80,12 @@ def resolve_model(spec: str, *, weights: str | Path | None = None) -> LoadedMode
         return LoadedModel(model, path.stem, str(path), sidecar.get("sha256"), sidecar)
     if path.suffix in TORCHSCRIPT_SUFFIXES:
         return _from_torchscript(path)
+    if path.suffix == ".onnx":
+        from .onnx_runtime import OnnxQueryModel
+
+        return LoadedModel(OnnxQueryModel(path), path.stem, str(path), file_sha256(path), {"architecture": "onnx"})
     raise ModelError(
-        f"cannot load model file {path}: expected .safetensors (with its sidecar) or a TorchScript file "
+        f"cannot load model file {path}: expected .safetensors (with its sidecar), .onnx or a TorchScript file "
         f"({', '.join(TORCHSCRIPT_SUFFIXES)}); for a plain state dict pass --model package.module:factory --weights FILE",
         value=str(path),
     )

@@ -7,6 +7,13 @@ from .ensemble import L2StrongestAttack, StrongestAttack
 from .fast_gradient import BIM, FGSM, BasicIterativeMethod, FastGradientSignMethod
 from .jsma import JSMA, SaliencyMapMethod
 from .pgd import PGD, L2PGD, L2ProjectedGradientDescent, ProjectedGradientDescent
+from .hopskipjump import HSJA, HopSkipJump
+from .onepixel import OnePixel, OnePixelAttack
+from .patch import AdversarialPatch
+from .simba import SimBA, SimpleBlackBoxAttack
+from .square import Square, SquareAttack
+from .transfer import TransferAttack
+from .universal import UAP, UniversalPerturbation
 
 __all__ = [
     "APGD",
@@ -28,4 +35,16 @@ __all__ = [
     "DeepFool",
     "FastGradientSignMethod",
     "SaliencyMapMethod",
+    "HSJA",
+    "AdversarialPatch",
+    "HopSkipJump",
+    "OnePixel",
+    "OnePixelAttack",
+    "SimBA",
+    "SimpleBlackBoxAttack",
+    "Square",
+    "SquareAttack",
+    "TransferAttack",
+    "UAP",
+    "UniversalPerturbation",
 ]
