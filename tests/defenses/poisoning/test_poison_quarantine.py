@@ -109,3 +109,12 @@ def test_concurrent_adds_lose_nothing(tmp_path: Path) -> None:
         thread.join()
     assert len(store) == 4 * 10 * 5
     assert store.reasons() == {f"thread {number}": 50 for number in range(4)}
+
+
+def test_many_samples_read_back() -> None:
+    store = QuarantineStore(":memory:")
+    samples = np.arange(1200 * 3, dtype=np.float32).reshape(1200, 3)
+    ids = store.add(samples, np.arange(1200) % 7, reason="bulk")
+    stored, labels = store.samples(ids[::-1])
+    assert np.array_equal(stored, samples[::-1])
+    assert np.array_equal(labels, (np.arange(1200) % 7)[::-1])

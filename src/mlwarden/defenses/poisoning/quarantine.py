@@ -246,11 +246,12 @@ class QuarantineStore:
             query += f" LIMIT {int(limit)}"
         with self._lock:
             rows = self._connection.execute(query, values).fetchall()
-        return [QuarantineRecord(*row[:10], details=json.loads(row[10])) for row in rows]
+        return [_record(row) for row in rows]
 
     def count(self, status: str | None = "quarantined") -> int:
         """Return the number of records with that status (all records when None)."""
-        query, values = "SELECT COUNT(*) FROM quarantine_samples", ()
+        query = "SELECT COUNT(*) FROM quarantine_samples"
+        values: tuple[Any, ...] = ()
         if status is not None:
             query, values = query + " WHERE status = ?", (status,)
         with self._lock:
@@ -278,13 +279,16 @@ class QuarantineStore:
             An id is unknown, or its record was stored without data.
         """
         id_list = [int(i) for i in ids]
-        with self._lock:
-            rows = {
-                row[0]: row[1:]
-                for row in self._connection.execute(
-                    f"SELECT id, label, data FROM quarantine_samples WHERE id IN ({','.join('?' * len(id_list))})", id_list
+        rows: dict[int, tuple[Any, Any]] = {}
+        # Chunks keep each query under SQLite's limit on bound parameters.
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            placeholders = ",".join("?" * len(chunk))
+            with self._lock:
+                found = self._connection.execute(
+                    f"SELECT id, label, data FROM quarantine_samples WHERE id IN ({placeholders})", chunk
                 ).fetchall()
-            } if id_list else {}
+            rows.update({record_id: (label, blob) for record_id, label, blob in found})
         inputs, labels = [], []
         for record_id in id_list:
             if record_id not in rows or rows[record_id][1] is None:
@@ -330,6 +334,12 @@ class QuarantineStore:
                 value=type(inputs),
             )
         return int(shape[0])
+
+
+def _record(row: Sequence[Any]) -> QuarantineRecord:
+    """Build a record from a row of the columns selected by :meth:`QuarantineStore.records`."""
+    record_id, created, reason, source, batch_id, index, label, score, status, note, details = row
+    return QuarantineRecord(record_id, created, reason, source, batch_id, index, label, score, status, note, json.loads(details))
 
 
 def _as_numpy(values: Any) -> np.ndarray:
