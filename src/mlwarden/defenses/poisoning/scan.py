@@ -327,9 +327,9 @@ class DataScanner:
                 f"fewer than {self.config.min_class_samples}, so no detector models it"
             )
             return Suspect.make(index, float(scores.suspicion[row]), label, reason, "rare-label", None)
-        names = [self.detectors[d] for d in np.flatnonzero(scores.flagged_by[:, row])]
-        parts = [detector.reason for detector in names]
-        if suggestion is not None and any(isinstance(d, LabelNoiseDetector) for d in names):
+        flagging = [self.detectors[position] for position in np.flatnonzero(scores.flagged_by[:, row])]
+        parts = [detector.reason for detector in flagging]
+        if suggestion is not None and any(isinstance(detector, LabelNoiseDetector) for detector in flagging):
             parts.append(f"suggested label {_name(suggestion, class_names)} instead of {_name(label, class_names)}")
         main = self.detectors[int(scores.detector[row])].name
         return Suspect.make(index, float(scores.suspicion[row]), label, "; ".join(parts), main, suggestion)
