@@ -234,7 +234,10 @@ class IncrementalTrainer:
         self.backdoor_check = backdoor_check
         self._model = model.eval()
         self._gold_inputs, self._gold_labels = gold_inputs, gold_labels
-        self._lock = threading.RLock()
+        # Updates (submit, rollback, unblock) run one at a time; the serving lock is held only to swap
+        # weights and to predict, so predictions never wait for a fine-tuning.
+        self._update_lock = threading.RLock()
+        self._serving_lock = threading.Lock()
         self.version = 0
         self._last_version = 0
         self.history: list[BatchOutcome] = []
@@ -260,7 +263,7 @@ class IncrementalTrainer:
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Return the served model's logits, never from a half-updated model."""
-        with self._lock:
+        with self._serving_lock:
             return self._model(inputs)
 
     # --- the loop ---------------------------------------------------------------------
@@ -282,13 +285,13 @@ class IncrementalTrainer:
                 f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}",
                 value=None,
             )
-        self._submitted += 1
-        batch_id = batch_id or f"batch-{self._submitted}"
-        with self._lock:
+        with self._update_lock:
+            self._submitted += 1
+            batch_id = batch_id or f"batch-{self._submitted}"
             outcome = self._submit(inputs, labels, batch_id, source)
-        outcome.seconds = time.perf_counter() - start
-        self._watch_stream(source, outcome)
-        self.history.append(outcome)
+            outcome.seconds = time.perf_counter() - start
+            self._watch_stream(source, outcome)
+            self.history.append(outcome)
         logger.info(
             "batch %s from %s: %s, %d accepted, %d quarantined, version %d",
             batch_id, source, outcome.status, outcome.accepted, outcome.quarantined, outcome.version,
@@ -411,8 +414,9 @@ class IncrementalTrainer:
         return candidate.eval()
 
     def _promote(self, candidate: nn.Module, accuracy: float, backdoor: float | None) -> None:
-        self._model.load_state_dict(candidate.state_dict())
-        self._model.eval()
+        with self._serving_lock:
+            self._model.load_state_dict(candidate.state_dict())
+            self._model.eval()
         # Numbers only grow, so a version made after a rollback never reuses an old number.
         self._last_version += 1
         self.version = self._last_version
@@ -452,8 +456,9 @@ class IncrementalTrainer:
 
     def unblock(self, source: str | None) -> None:
         """Accept batches from ``source`` again and forget its recent rejections."""
-        self.blocked_sources.pop(source, None)
-        self._recent.pop(source, None)
+        with self._update_lock:
+            self.blocked_sources.pop(source, None)
+            self._recent.pop(source, None)
         logger.info("source %r unblocked", source)
 
     def rollback(self, versions: int = 1) -> int:
@@ -465,7 +470,7 @@ class IncrementalTrainer:
             Fewer earlier versions are kept than requested.
         """
         versions = check_int(versions, "versions", "IncrementalTrainer.rollback", low=1)
-        with self._lock:
+        with self._update_lock:
             if versions >= len(self._versions):
                 raise ParameterError(
                     f"IncrementalTrainer.rollback: only {len(self._versions) - 1} earlier versions are kept, "
@@ -475,8 +480,9 @@ class IncrementalTrainer:
             for _ in range(versions):
                 self._versions.pop()
             number, state = self._versions[-1]
-            self._model.load_state_dict(state)
-            self._model.eval()
+            with self._serving_lock:
+                self._model.load_state_dict(state)
+                self._model.eval()
             self.gold_accuracy = gold_accuracy(self._model, self._gold_inputs, self._gold_labels)
             self.gold_loss = mean_loss(self._model, self._gold_inputs, self._gold_labels)
             self.backdoor_score = self.backdoor_check(self._model) if self.backdoor_check else None
