@@ -15,7 +15,7 @@ workers) every 50 ms for peak resident memory and CPU time.
   (``run_assessment``), on the local engine with 1 and 2 workers, and on a
   local Dask cluster with 1 and 2 workers, with Dask's default
   ``MALLOC_TRIM_THRESHOLD_=65536`` and with it unset (the engine's default).
-- ``scan``: a k-nearest-neighbour poisoning scan
+- ``scan``: a k-nearest-neighbour poisoning scan on LeNet-5 features
   (:func:`mlwarden.assess.engines.scan.scan_sharded`) of sharded sets of 1x,
   4x and 16x ``--scan-base`` training images, written as ``.npy`` shards of
   ``--scan-base`` images in a temporary folder; the partition budget and the
@@ -78,26 +78,24 @@ def run_assess_child(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_scan_child(config: dict[str, Any]) -> dict[str, Any]:
     from mlwarden.assess.engines import LocalEngine
-    from mlwarden.assess.engines.scan import scan_sharded
+    from mlwarden.assess.engines.scan import ModelFeatures, scan_sharded
     from mlwarden.data.shards import open_sharded
-    from mlwarden.defenses.poisoning.outliers import KNNDistanceDetector
+    from mlwarden.defenses.poisoning.scan import ScanConfig
     from mlwarden.models import load_pretrained
 
     model, _ = load_pretrained("lenet5")
     engine: Any = LocalEngine(workers=config["workers"]) if config["engine"] == "local" else "dask"
     started = time.perf_counter()
-    results = scan_sharded(
+    report = scan_sharded(
         open_sharded(config["folder"]),
-        model,
-        [KNNDistanceDetector()],
+        config=ScanConfig(detectors=("knn",), fit_samples=config["fit_samples"], top_k=100),
+        featurize=ModelFeatures(model, batch_size=BATCH_SIZE),
         engine=engine,
         workers=None if config["engine"] == "local" else config["workers"],
         partition_size=config["partition_size"],
-        fit_samples=config["fit_samples"],
-        batch_size=BATCH_SIZE,
         progress=False,
     )
-    return {"wall_seconds": time.perf_counter() - started, "samples": results["samples"], "flagged": results["flagged"]}
+    return {"wall_seconds": time.perf_counter() - started, "samples": report.summary["rows"], "flagged": report.summary["flagged"]}
 
 
 # --- parent side: launch, sample the process tree -------------------------------------------------

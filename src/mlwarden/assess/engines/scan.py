@@ -1,44 +1,40 @@
-"""Scan a sharded data set for poisoned samples on an engine, one partition at a time.
+"""Scan a sharded data set with :class:`~mlwarden.defenses.poisoning.scan.DataScanner` on an engine.
 
-The poisoning detectors of :mod:`mlwarden.defenses.poisoning` fit per-class
-models on a whole set. A set larger than memory is therefore scanned in two
-passes over partitions of at most ``partition_size`` samples:
+The scanning core does two passes over shards; this module runs both on the
+engine's workers, one partition of at most ``partition_size`` samples per
+unit:
 
-1. **fit**: every partition returns the model's features of its samples that
-   belong to the fitting sample (all samples when there are at most
-   ``fit_samples``, else a seeded uniform choice of ``fit_samples``); the
-   detectors are fitted on those features in the calling process.
-2. **score**: the fitted detectors travel to the workers once; every
-   partition is read, its features computed in batches of ``batch_size``,
-   and each detector's decision (score minus its class threshold) is taken.
-   A sample of the fitting sample gets its decision from the fit itself
-   (out-of-fold, so it never vouches for itself), which is what a scan of a
-   set that fits in memory reports. A partition returns its counts and its
-   ``top_k`` most suspect samples.
+1. **features**: each unit reads its partition and computes its features
+   (the model's, through :class:`ModelFeatures`, or the pixels). The calling
+   process feeds the partitions to :meth:`DataScanner.fit` as they arrive.
+   The fit keeps at most ``fit_samples`` rows, chosen by a hash of the
+   global index, so neither the arrival order nor the partitioning changes
+   the fit sample.
+2. **score**: the fitted scanner travels to the workers once. Each unit
+   calls :meth:`DataScanner.score_shard` and :meth:`DataScanner.suspects` on
+   its partition and returns its top ``top_k`` suspects with its counts.
+   :func:`~mlwarden.defenses.poisoning.scan.merge_top_k` merges them into the
+   exact global top k.
 
-The merge adds the counts and keeps the ``top_k`` highest decisions of all
-partitions' lists, ties broken by the lower index. That is the exact global
-top-k, because each sample of the global list is among the ``top_k`` of its
-own partition. Memory per worker is one partition and its features; the
-calling process holds the fitting features and ``top_k`` suspects per
-partition in flight.
+Memory per worker is one partition with its features. The calling process
+holds the fit sample, one partition's features while it feeds the fit, and
+the partitions' suspect lists. With the Dask engine the partitions are the
+chunks of a Dask array (:meth:`~mlwarden.data.shards.ShardedDataset.to_dask`),
+computed on the worker that uses them; the local engine's workers read their
+partition themselves. Every worker must see the shards at the same path.
 
-With the Dask engine the partitions are the chunks of a Dask array
-(:meth:`~mlwarden.data.shards.ShardedDataset.to_dask`), computed on the
-worker that scores them; the local engine's workers read their partition
-themselves. Every worker must see the shards at the same path.
-
-Limitations: with more samples than ``fit_samples``, the detectors are fitted
-on a sample of the set, so per-class thresholds are estimates from that
-sample; flagged counts outside it follow those thresholds.
+Limitations: the features of the first pass travel to the calling process
+(for LeNet-5, 84 floats per sample), and partitions finished before the fit
+consumes them wait in the workers' memory.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,20 +44,18 @@ from tqdm.auto import tqdm
 
 from ..._validation import check_int
 from ...data.shards import Partition, ShardedDataset
-from ...defenses.poisoning.base import PoisonDetector
 from ...defenses.poisoning.features import extract_features
+from ...defenses.poisoning.scan import DataScanner, ScanConfig, ScanReport, Shard, merge_top_k
 from .base import Engine, get_engine
 
-__all__ = ["ScanUnit", "ScanPayload", "scan_sharded", "scan_partition", "merge_suspects", "SCAN_SCHEMA"]
+__all__ = ["ScanUnit", "ScanPayload", "ModelFeatures", "scan_sharded", "scan_partition"]
 
 logger = logging.getLogger(__name__)
-
-SCAN_SCHEMA = "mlwarden.sharded-scan/1"
 
 
 @dataclass(frozen=True)
 class ScanUnit:
-    """One pass over one partition: ``fit`` collects fitting features, ``score`` scores every sample."""
+    """One pass over one partition: ``features`` for the fit, ``score`` for the suspects."""
 
     phase: str
     partition: Partition
@@ -72,18 +66,31 @@ class ScanUnit:
         return f"{self.phase}.{self.partition.id}"
 
 
+class ModelFeatures:
+    """Features of images from a model (its ``features(x)`` method, or a named layer), batch by batch.
+
+    Batches start at the first row of each partition, so every engine
+    computes the same batches as long as it uses the same partitions.
+    """
+
+    def __init__(self, model: nn.Module, *, layer: str | None = None, batch_size: int = 500) -> None:
+        self.model = model
+        self.layer = layer
+        self.batch_size = check_int(batch_size, "batch_size", "ModelFeatures", low=1)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return extract_features(self.model, torch.from_numpy(images), layer=self.layer, batch_size=self.batch_size)
+
+
 @dataclass
 class ScanPayload:
-    """Inputs of every scan unit: the data set, the model, and after the fit the fitted detectors."""
+    """Inputs of every scan unit: the data set, the feature function, and after the fit the fitted scanner."""
 
     dataset: ShardedDataset
-    model: nn.Module
-    layer: str | None
-    batch_size: int
-    fit_indices: np.ndarray
-    top_k: int
-    detectors: list[PoisonDetector] = field(default_factory=list)
-    fit_decisions: np.ndarray | None = None
+    featurize: Callable[[np.ndarray], np.ndarray] | None
+    top_k: int | None
+    class_names: tuple[str, ...] | None
+    scanner: DataScanner | None = None
 
 
 def scan_partition(
@@ -93,200 +100,165 @@ def scan_partition(
     partition = unit.partition
     if images is None or labels is None:
         images, labels = payload.dataset.read(partition)
-    indices = np.arange(partition.offset, partition.offset + len(partition))
-    in_fit = np.isin(indices, payload.fit_indices)
-    if unit.phase == "fit":
-        rows = np.flatnonzero(in_fit)
-        features = extract_features(payload.model, torch.from_numpy(images[rows]), layer=payload.layer, batch_size=payload.batch_size)
-        return {"indices": indices[rows], "labels": labels[rows], "features": features}
+    features = images if payload.featurize is None else payload.featurize(images)
+    shard = Shard(features, labels, partition.offset)
+    if unit.phase == "features":
+        return {"shard": shard}
 
-    features = extract_features(payload.model, torch.from_numpy(images), layer=payload.layer, batch_size=payload.batch_size)
-    decisions = np.stack([detector.decision_function(features, labels) for detector in payload.detectors])
-    if in_fit.any():
-        assert payload.fit_decisions is not None  # set with the fitted detectors
-        positions = np.searchsorted(payload.fit_indices, indices[in_fit])
-        decisions[:, in_fit] = payload.fit_decisions[:, positions]
-    flagged = decisions > 0
-    suspect = flagged.any(0)
-    worst = decisions.max(0)
-    order = np.lexsort((indices, -worst))[: payload.top_k]
-    names = [detector.name for detector in payload.detectors]
-    return {
-        "samples": len(partition),
-        "flagged": int(suspect.sum()),
-        "flagged_by": {name: int(flagged[row].sum()) for row, name in enumerate(names)},
-        "flagged_per_class": _count_by_label(labels[suspect]),
-        "samples_per_class": _count_by_label(labels),
-        "suspects": [
-            {
-                "index": int(indices[row]),
-                "label": int(labels[row]),
-                "decision": float(worst[row]),
-                "decisions": {name: float(decisions[position, row]) for position, name in enumerate(names)},
-                "flagged_by": [name for position, name in enumerate(names) if flagged[position, row]],
-            }
-            for row in order
-        ],
+    scanner = payload.scanner
+    assert scanner is not None  # set between the two passes
+    scores = scanner.score_shard(shard)
+    flagged = scores.suspicion > 0
+    per_class = {
+        int(label): [int((scores.labels == label).sum()), int(((scores.labels == label) & flagged).sum())]
+        for label in np.unique(scores.labels)
     }
-
-
-def _count_by_label(labels: np.ndarray) -> dict[str, int]:
-    values, counts = np.unique(labels, return_counts=True)
-    return {str(int(value)): int(count) for value, count in zip(values, counts)}
-
-
-def merge_suspects(lists: Sequence[Sequence[dict[str, Any]]], top_k: int) -> list[dict[str, Any]]:
-    """Return the ``top_k`` suspects of all lists by decision (highest first), ties by the lower index."""
-    merged = [suspect for suspects in lists for suspect in suspects]
-    merged.sort(key=lambda suspect: (-suspect["decision"], suspect["index"]))
-    return merged[:top_k]
-
-
-def _choose_fit_indices(samples: int, fit_samples: int, seed: int) -> np.ndarray:
-    if samples <= fit_samples:
-        return np.arange(samples)
-    return np.sort(np.random.default_rng(seed).choice(samples, size=fit_samples, replace=False))
+    return {
+        "rows": len(shard),
+        "flagged": int(flagged.sum()),
+        "per_detector": [int(scores.flagged_by[row].sum()) for row in range(len(scanner.detectors))],
+        "per_class": per_class,
+        "suspects": scanner.suspects(scores, payload.top_k, payload.class_names),
+    }
 
 
 def scan_sharded(
     dataset: ShardedDataset,
-    model: nn.Module,
-    detectors: Sequence[PoisonDetector],
     *,
+    config: ScanConfig | None = None,
+    featurize: Callable[[np.ndarray], np.ndarray] | None = None,
+    detector_settings: dict[str, dict[str, Any]] | None = None,
     engine: str | Engine = "local",
     scheduler: str | None = None,
     workers: int | None = None,
     partition_size: int = 10_000,
-    fit_samples: int = 20_000,
-    top_k: int = 100,
-    layer: str | None = None,
-    batch_size: int = 500,
-    seed: int = 0,
+    class_names: Sequence[str] | None = None,
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Scan a sharded data set with poisoning detectors; return counts and the exact global top-k suspects.
+) -> ScanReport:
+    """Scan a sharded data set for suspect samples on an engine; return the exact global top-k and a summary.
 
     Parameters
     ----------
     dataset : ShardedDataset
-    model : nn.Module
-        Supplies the features (its ``features(x)`` method, or ``layer``).
-    detectors : sequence of PoisonDetector
-        Unfitted detectors; a sample is flagged when any flags it.
+    config : ScanConfig, optional
+        Detectors, fit sample size, PCA components, ``top_k`` and seed.
+    featurize : callable, optional
+        Maps a partition's images (float32, (n, C, H, W)) to features, such as
+        :class:`ModelFeatures`; it must be picklable. Default: the pixels.
+    detector_settings : dict, optional
+        Detector name -> constructor settings.
     engine, scheduler, workers
         Where partitions run (see :func:`~mlwarden.assess.engines.get_engine`).
     partition_size : int, default 10000
-        Samples per partition, the memory budget of one unit; rounded up to
-        a multiple of ``batch_size`` so that batches do not depend on the engine.
-    fit_samples : int, default 20000
-        Most samples the detectors are fitted on.
-    top_k : int, default 100
-        Suspects to return.
-    layer : str, optional
-        Feature layer (default the model's ``features``).
-    batch_size : int, default 500
-    seed : int, default 0
-        Seed of the fitting sample.
+        Most samples per unit, the memory budget of one worker task. Use a
+        multiple of the feature batch size, so that batches match a scan of
+        the whole set.
+    class_names : sequence of str, optional
     progress : bool, optional
         Show a progress bar of partitions.
 
     Returns
     -------
-    dict
-        Plain data (schema ``mlwarden.sharded-scan/1``): ``samples``,
-        ``flagged``, ``flagged_by``, per-class counts, ``suspects`` and the
-        engine's description.
+    ScanReport
+        The suspects and the summary of :meth:`DataScanner.scan`, with
+        ``engine`` (name, workers, partitions) added to the summary.
 
     Raises
     ------
     MlwardenError
-        Invalid settings, or unreadable shards.
+        Invalid settings, unreadable shards, or data the scanner rejects.
     """
-    owner = "scan_sharded"
-    batch_size = check_int(batch_size, "batch_size", owner, low=1)
-    partition_size = check_int(partition_size, "partition_size", owner, low=1)
-    partition_size = -(-partition_size // batch_size) * batch_size
-    fit_samples = check_int(fit_samples, "fit_samples", owner, low=1)
-    top_k = check_int(top_k, "top_k", owner, low=1)
+    partition_size = check_int(partition_size, "partition_size", "scan_sharded", low=1)
     runner = get_engine(engine, scheduler=scheduler, workers=workers) if isinstance(engine, str) else engine
-    if not detectors:
-        raise ValueError("scan_sharded needs at least one detector")
+    scanner = DataScanner(config, detector_settings=detector_settings, progress=False)
     started = time.perf_counter()
-
     partitions = dataset.partitions(partition_size)
-    fit_indices = _choose_fit_indices(len(dataset), fit_samples, seed)
-    payload = ScanPayload(dataset, model, layer, batch_size, fit_indices, top_k)
+    names = None if class_names is None else tuple(class_names)
+    payload = ScanPayload(dataset, featurize, scanner.config.top_k, names)
     bar = tqdm(total=2 * len(partitions), desc="partitions", unit="part", disable=None if progress is None else not progress)
     with runner:
-        fit_parts = _run_phase(runner, payload, "fit", partitions, partition_size, bar)
-        features = np.concatenate([part["features"] for part in fit_parts])
-        labels = np.concatenate([part["labels"] for part in fit_parts])
-        fit_decisions = []
-        for detector in detectors:
-            detector.fit(features, labels)
-            fit_decisions.append(detector.training_decisions(labels))
-        del features
-        payload.detectors = list(detectors)
-        payload.fit_decisions = np.stack(fit_decisions)
-        scored = _run_phase(runner, payload, "score", partitions, partition_size, bar)
+        with closing(_run_phase(runner, payload, "features", partitions, partition_size)) as featured:
+            scanner.fit(_shards(featured, bar))
+        payload.scanner = scanner
+        scored = []
+        with closing(_run_phase(runner, payload, "score", partitions, partition_size)) as results:
+            for _, result in results:
+                scored.append(result)
+                bar.update(1)
     bar.close()
 
-    return {
-        "schema": SCAN_SCHEMA,
-        "data": {
-            "path": str(dataset.path),
-            "format": dataset.format,
-            "shards": len(dataset.shards),
-            "samples": len(dataset),
-            "shape": list(dataset.sample_shape),
-        },
-        "detectors": [{"name": d.name, "settings": _plain(d.settings()), "reason": d.reason} for d in detectors],
-        "fit": {"samples": len(fit_indices), "seed": seed},
-        "partition_size": partition_size,
-        "samples": sum(part["samples"] for part in scored),
-        "flagged": sum(part["flagged"] for part in scored),
-        "flagged_by": _add_counts(part["flagged_by"] for part in scored),
-        "flagged_per_class": _add_counts(part["flagged_per_class"] for part in scored),
-        "samples_per_class": _add_counts(part["samples_per_class"] for part in scored),
-        "suspects": merge_suspects([part["suspects"] for part in scored], top_k),
-        "seconds": time.perf_counter() - started,
-        "engine": {**runner.describe(), "partitions": len(partitions)},
-    }
+    suspects = merge_top_k([part["suspects"] for part in scored], scanner.config.top_k)
+    summary = _summary(scanner, scored, suspects, names)
+    summary["seconds"] = time.perf_counter() - started
+    summary["engine"] = {**runner.describe(), "partitions": len(partitions), "partition_size": partition_size}
+    logger.info("sharded scan: %d of %d rows flagged in %d partitions", summary["flagged"], summary["rows"], len(partitions))
+    return ScanReport(suspects, summary)
+
+
+def _shards(results: Iterator[tuple[ScanUnit, dict[str, Any]]], bar: Any) -> Iterator[Shard]:
+    for _, result in results:
+        bar.update(1)
+        yield result["shard"]
 
 
 def _run_phase(
-    runner: Engine, payload: ScanPayload, phase: str, partitions: list[Partition], partition_size: int, bar: Any
-) -> list[dict[str, Any]]:
-    """Run one pass over every partition and return the results in partition order."""
+    runner: Engine, payload: ScanPayload, phase: str, partitions: list[Partition], partition_size: int
+) -> Iterator[tuple[ScanUnit, dict[str, Any]]]:
+    """Run one pass over every partition; yield each unit's result as it finishes."""
     units = [ScanUnit(phase, partition) for partition in partitions]
-    results: dict[ScanUnit, dict[str, Any]] = {}
     run_blocks = getattr(runner, "run_blocks", None)
-    if callable(run_blocks):
-        images, labels = payload.dataset.to_dask(partition_size)
-        image_blocks = dict(zip(partitions, images.to_delayed().ravel()))
-        label_blocks = dict(zip(partitions, labels.to_delayed().ravel()))
-        outcomes = run_blocks(scan_partition, payload, units, lambda unit: (image_blocks[unit.partition], label_blocks[unit.partition]))
-    else:
-        outcomes = runner.run(scan_partition, payload, units)
-    for unit, result in outcomes:
-        results[unit] = result
-        bar.update(1)
-    return [results[unit] for unit in units]
+    if not callable(run_blocks):
+        return runner.run(scan_partition, payload, units)
+    images, labels = payload.dataset.to_dask(partition_size)
+    image_blocks = dict(zip(partitions, images.to_delayed().ravel()))
+    label_blocks = dict(zip(partitions, labels.to_delayed().ravel()))
+    return run_blocks(scan_partition, payload, units, lambda unit: (image_blocks[unit.partition], label_blocks[unit.partition]))
 
 
-def _add_counts(counts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in counts:
-        for key, value in part.items():
-            total[key] = total.get(key, 0) + value
-    return dict(sorted(total.items(), key=lambda item: (len(item[0]), item[0])))
+def _summary(
+    scanner: DataScanner, scored: list[dict[str, Any]], suspects: list[Any], class_names: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """Return the summary of :meth:`DataScanner.scan` from the partitions' counts."""
+    per_class: dict[int, list[int]] = {}
+    for part in scored:
+        for label, (rows, flagged) in part["per_class"].items():
+            counts = per_class.setdefault(label, [0, 0])
+            counts[0] += rows
+            counts[1] += flagged
+    config = scanner.config
+    return {
+        "rows": scanner.rows_seen_,
+        "flagged": sum(part["flagged"] for part in scored),
+        "reported": len(suspects),
+        "fit_rows": int(len(scanner.fit_indices_) if scanner.fit_indices_ is not None else 0),
+        "detectors": [
+            {"name": detector.name, "settings": _plain(detector.settings()), "flagged": sum(part["per_detector"][row] for part in scored)}
+            for row, detector in enumerate(scanner.detectors)
+        ],
+        "classes": [
+            {"label": label, "name": _class_name(label, class_names), "rows": rows, "flagged": flagged}
+            for label, (rows, flagged) in sorted(per_class.items())
+        ],
+        "config": {
+            "detectors": list(config.detectors),
+            "fit_samples": config.fit_samples,
+            "components": config.components,
+            "min_class_samples": config.min_class_samples,
+            "top_k": config.top_k,
+            "seed": config.seed,
+        },
+    }
+
+
+def _class_name(label: int, class_names: tuple[str, ...] | None) -> str:
+    if class_names is not None and 0 <= label < len(class_names):
+        return f"{label} ({class_names[label]})"
+    return str(label)
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return repr(value)
