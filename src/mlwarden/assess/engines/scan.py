@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -203,12 +203,13 @@ def _shards(results: Iterator[tuple[ScanUnit, dict[str, Any]]], bar: Any) -> Ite
 
 def _run_phase(
     runner: Engine, payload: ScanPayload, phase: str, partitions: list[Partition], partition_size: int
-) -> Iterator[tuple[ScanUnit, dict[str, Any]]]:
+) -> Generator[tuple[ScanUnit, dict[str, Any]], None, None]:
     """Run one pass over every partition; yield each unit's result as it finishes."""
     units = [ScanUnit(phase, partition) for partition in partitions]
     run_blocks = getattr(runner, "run_blocks", None)
     if not callable(run_blocks):
         return runner.run(scan_partition, payload, units)
+    # Each partition is one chunk of a Dask array, read by the worker that uses it.
     images, labels = payload.dataset.to_dask(partition_size)
     image_blocks = dict(zip(partitions, images.to_delayed().ravel()))
     label_blocks = dict(zip(partitions, labels.to_delayed().ravel()))
