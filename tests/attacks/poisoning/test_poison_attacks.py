@@ -24,6 +24,7 @@ from mlwarden.attacks.poisoning import (
     get_poisoning_entry,
     is_poisoning_attack,
 )
+from mlwarden.defenses.poisoning import extract_features
 from mlwarden.errors import ParameterError, PlanError
 
 
@@ -153,6 +154,21 @@ def test_feature_collision_keeps_labels_and_moves_features(lenet: torch.nn.Modul
         before = (lenet.features(images[index]) - target_features).norm(dim=1)
         after = (lenet.features(result.inputs[index]) - target_features).norm(dim=1)
     assert bool((after < 0.5 * before).all())
+
+
+@pytest.mark.slow
+def test_feature_collision_flips_refit_head(lenet: torch.nn.Module, fashion_test) -> None:  # type: ignore[no-untyped-def]
+    images, labels = fashion_test.images[:2000], fashion_test.labels[:2000]
+    target_index = 2000 + int((fashion_test.labels[2000:] == 0).nonzero()[0])
+    target = fashion_test.images[target_index]
+    attack = FeatureCollision(lenet, target, base_class=6, rate=0.015, steps=100)
+    result = attack.poison(images, labels)
+    # Transfer learning: the victim keeps LeNet's features and refits only its last layer.
+    target_features = extract_features(lenet, target[None])
+    clean_head = LogisticRegression(max_iter=2000).fit(extract_features(lenet, images), labels.numpy())
+    poisoned_head = LogisticRegression(max_iter=2000).fit(extract_features(lenet, result.inputs), labels.numpy())
+    assert int(clean_head.predict(target_features)[0]) == 0
+    assert int(poisoned_head.predict(target_features)[0]) == 6
 
 
 def test_feature_collision_rejects_batch_target(lenet: torch.nn.Module) -> None:
