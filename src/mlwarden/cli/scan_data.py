@@ -18,12 +18,15 @@ from tqdm.auto import tqdm
 from ..data.labeled_files import LabeledFile, open_labeled_file
 from ..defenses.poisoning import POISON_DETECTORS, DataScanner, ScanConfig, Shard, extract_features
 from ..defenses.poisoning.scan_output import summary_table, write_scan_outputs
+from ..assess.engines.base import ENGINE_NAMES
 from ..errors import ParameterError
 
 __all__ = ["register", "run"]
 
 # Features are computed once and kept for the second pass when they take at most this many bytes.
 _FEATURE_CACHE_BYTES = 512 * 2**20
+# Batch size of the model features on the engines: extract_features's default, as in the in-process scan.
+_FEATURE_BATCH = 1000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--shard-size", type=int, default=10000, help="rows read and scored at a time (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit sample and the detectors (default 0)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default=None,
+        help="scan PATH as a folder of shards (.npy pairs, .npz, Parquet or IDX; see docs/dask.md) in partitions of "
+        "--shard-size rows on a process pool (local) or a Dask cluster (dask; needs pip install 'mlwarden[dask]'); "
+        "default: read PATH in this process",
+    )
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS", help="with --engine dask, a running Dask scheduler (default: a local cluster)"
+    )
+    parser.add_argument("--workers", type=int, help="with --engine, worker processes of the pool or local cluster")
     parser.set_defaults(func=run)
 
 
@@ -76,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top,
         seed=args.seed,
     )
+    if args.engine is not None:
+        return _run_on_engine(args, config, detectors)
     data = open_labeled_file(args.path, label_column=args.label_column, labels=args.labels, split=args.split)
     model = _feature_model(args.model) if args.model else None
     if model is not None and not data.is_image:
@@ -122,6 +139,37 @@ class _ShardSource:
             yield shard
         bar.close()
         self._cache = cache
+
+
+def _run_on_engine(args: argparse.Namespace, config: ScanConfig, detectors: tuple[str, ...]) -> int:
+    """Scan a folder of shards partition by partition on the local or Dask engine."""
+    from ..assess.engines.scan import ModelFeatures, scan_sharded
+    from ..data.shards import open_sharded
+
+    dataset = open_sharded(args.path)
+    model = _feature_model(args.model) if args.model else None
+    featurize = None if model is None else ModelFeatures(model, layer=args.layer, batch_size=_FEATURE_BATCH)
+    report = scan_sharded(
+        dataset,
+        config=config,
+        featurize=featurize,
+        engine=args.engine,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        partition_size=args.shard_size,
+    )
+    output = args.output or Path(f"scan-{args.path.stem or args.path.name}")
+    source = {
+        "path": str(args.path),
+        "format": f"{dataset.format} shards",
+        "model": args.model or "raw values",
+        "detectors": ",".join(detectors),
+        "engine": args.engine,
+    }
+    paths = write_scan_outputs(report, output, source=source)
+    _print_table(summary_table(report))
+    print(f"{report.summary['flagged']} of {report.summary['rows']} rows flagged; wrote {paths['suspects']} and {paths['markdown']}")
+    return 0
 
 
 def _feature_model(spec: str) -> torch.nn.Module:
