@@ -46,7 +46,7 @@ def test_report_and_figures_written(assessment):
     report = (assessment / "report.md").read_text()
     assert "| clean |" in report
     assert "| fgsm |" in report
-    figures = sorted(p.name for p in assessment.glob("*.png"))
+    figures = sorted(p.name for p in assessment.glob("[0-9][0-9]-*.png"))
     assert figures == ["01-fgsm.png", "02-bim.png", "03-deepfool.png", "04-jsma.png"]
     for name in figures:
         assert (assessment / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
