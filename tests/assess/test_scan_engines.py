@@ -16,6 +16,7 @@ import torch
 
 from mlwarden.assess.engines import LocalEngine
 from mlwarden.assess.engines.scan import ModelFeatures, scan_sharded
+from mlwarden.cli.main import main
 from mlwarden.data.shards import open_sharded
 from mlwarden.defenses.poisoning.features import extract_features
 from mlwarden.defenses.poisoning.scan import DataScanner, ScanConfig, shards_of
@@ -125,3 +126,21 @@ def test_scan_memory_stays_bounded(tmp_path, fashion_test):
     # Holding the 4x set as float32 would add three more budgets of images (about 47 MB) to the peak.
     extra_budgets = 3 * budget * 28 * 28 * 4
     assert peaks[4] - peaks[1] < extra_budgets / 2, peaks
+
+
+@pytest.mark.slow
+def test_scan_data_cli_engines_agree(poisoned_shards, tmp_path, dask_cluster):
+    folder = poisoned_shards[0]
+    common = ["--model", "lenet5", "--detectors", "knn", "--shard-size", "500", "--fit-samples", "800", "--top", "20"]
+    engines = {
+        "local": ["--engine", "local", "--workers", "1"],
+        "dask": ["--engine", "dask", "--scheduler", dask_cluster.scheduler_address],
+    }
+    for name, arguments in engines.items():
+        assert main(["scan-data", str(folder), *arguments, *common, "--output", str(tmp_path / name)]) == 0
+    local_rows = (tmp_path / "local" / "suspects.csv").read_text().splitlines()
+    assert len(local_rows) == 21
+    assert local_rows == (tmp_path / "dask" / "suspects.csv").read_text().splitlines()
+    summary = json.loads((tmp_path / "dask" / "summary.json").read_text())
+    assert summary["engine"]["name"] == "dask"
+    assert summary["rows"] == 1500

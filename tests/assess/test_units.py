@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlwarden.assess import AttackSpec, Plan, read_results, run_assessment
+from mlwarden.assess import AttackSpec, DefenseSpec, Plan, read_results, run_assessment
 from mlwarden.assess.engines import UNITS_FOLDER, LocalEngine, get_engine, run_plan
 from mlwarden.assess.merge import merge_units
 from mlwarden.assess.units import SHARD_BATCHES, read_unit_files, shard_ranges, split_plan
@@ -201,3 +201,19 @@ def test_unit_files_are_versioned_json(tmp_path):
         document = json.loads(path.read_text())
         assert document["schema"] == "mlwarden.unit/1"
         assert document["unit"]["id"] in path.name
+
+
+def _without_seconds(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_seconds(item) for key, item in value.items() if key != "seconds"}
+    if isinstance(value, list):
+        return [_without_seconds(item) for item in value]
+    return value
+
+
+def test_defense_units_match_in_process_run():
+    plan = SMALL_PLAN.updated(defenses=(DefenseSpec("bit-depth"),))
+    results = run_plan(plan, engine=LocalEngine(workers=1), shard_size=50, progress=False)
+    reference = run_assessment(plan, progress=False)
+    assert [defense["name"] for defense in results["defenses"]] == ["bit-depth"]
+    assert _without_seconds(results["defenses"]) == _without_seconds(reference["defenses"])
