@@ -46,6 +46,8 @@ from ..._validation import check_int
 from ...data.shards import Partition, ShardedDataset
 from ...defenses.poisoning.features import extract_features
 from ...defenses.poisoning.scan import DataScanner, ScanConfig, ScanReport, Shard, merge_top_k
+# The in-process scan's own helpers, so both scans word class names and settings alike.
+from ...defenses.poisoning.scan import _name, _plain
 from .base import Engine, get_engine
 
 __all__ = ["ScanUnit", "ScanPayload", "ModelFeatures", "scan_sharded", "scan_partition"]
@@ -237,7 +239,7 @@ def _summary(
             for row, detector in enumerate(scanner.detectors)
         ],
         "classes": [
-            {"label": label, "name": _class_name(label, class_names), "rows": rows, "flagged": flagged}
+            {"label": label, "name": _name(label, class_names), "rows": rows, "flagged": flagged}
             for label, (rows, flagged) in sorted(per_class.items())
         ],
         "config": {
@@ -249,17 +251,3 @@ def _summary(
             "seed": config.seed,
         },
     }
-
-
-def _class_name(label: int, class_names: tuple[str, ...] | None) -> str:
-    if class_names is not None and 0 <= label < len(class_names):
-        return f"{label} ({class_names[label]})"
-    return str(label)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return repr(value)
