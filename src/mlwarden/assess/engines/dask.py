@@ -183,11 +183,13 @@ class DaskEngine:
             logger.info("stopped the local Dask cluster")
 
     def _connect(self) -> tuple[LocalCluster | None, Client]:
+        # set_as_default=False: the engine's client must not become the scheduler of the caller's own
+        # Dask computations, which would fail once the engine closes it.
         if self.scheduler is None:
             cluster = self._start_local_cluster()
-            return cluster, Client(cluster)
+            return cluster, Client(cluster, set_as_default=False)
         try:
-            client = Client(self.scheduler, timeout="20s")
+            client = Client(self.scheduler, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError) as error:
             raise ParameterError(
                 f"cannot connect to the Dask scheduler at {self.scheduler}: {error}; check the address and that "
@@ -251,7 +253,7 @@ class DaskEngine:
         scattered = client.scatter(payload, broadcast=True, hash=False)
         futures: dict[Any, UnitT] = {}
         resubmits: dict[int, int] = {}
-        completed = as_completed()
+        completed = as_completed(loop=client.loop)
 
         def submit(unit: UnitT) -> None:
             key = f"mlwarden-{getattr(unit, 'id', 'unit')}-{uuid.uuid4().hex[:8]}"
