@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model",
-        help="zoo name (lenet5), a .safetensors file with its sidecar, a TorchScript file, or package.module:factory "
-        "(with --weights); default lenet5",
+        help="zoo name (lenet5), a .safetensors file with its sidecar, a TorchScript file, an .onnx file (black-box "
+        "and transfer attacks only), or package.module:factory (with --weights); default lenet5",
     )
     parser.add_argument("--weights", help="weights file for --model package.module:factory")
     parser.add_argument("--data", help="data set name (fashion-mnist, mnist) or directory of IDX files; default fashion-mnist")

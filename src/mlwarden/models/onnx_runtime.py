@@ -22,6 +22,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,20 +81,11 @@ class OnnxQueryModel(QueryModel):
         threads: int | None = None,
     ) -> None:
         super().__init__(output=output, labels_only=labels_only, budget=budget, bounds=bounds, num_classes=num_classes)
-        import onnxruntime
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"ONNX model file not found: {self.path}", value=str(self.path))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
-        options.log_severity_level = 3
-        try:
-            self._session = onnxruntime.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-            raise ModelError(f"ONNX Runtime cannot load {self.path}: {error}", value=str(self.path)) from None
+        self.threads = threads
+        self._session = self._open_session()
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(item.name for item in inputs)
@@ -109,6 +101,27 @@ class OnnxQueryModel(QueryModel):
         if self.num_classes is None and self.output != "labels" and len(output_shape) == 2:
             if isinstance(output_shape[1], int):
                 self.num_classes = output_shape[1]
+
+    def _open_session(self) -> Any:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads if self.threads is not None else torch.get_num_threads()
+        options.log_severity_level = 3
+        try:
+            return onnxruntime.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+            raise ModelError(f"ONNX Runtime cannot load {self.path}: {error}", value=str(self.path)) from None
+
+    # An ONNX Runtime session cannot be pickled: worker processes reopen the file instead.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_session"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._session = self._open_session()
 
     def describe(self) -> str:
         return f"ONNX model {self.path.name}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -123,6 +125,15 @@ def test_onnx_matches_torch(lenet, lenet_onnx, small_batch):
     # The ONNX graph normalizes the pixels once, as the PyTorch model does.
     torch.testing.assert_close(api.predict_scores(images), expected, atol=1e-5, rtol=1e-4)
     assert api.queries == 64
+
+
+def test_onnx_model_survives_pickling(lenet_onnx, small_batch):
+    images, _ = small_batch
+    api = OnnxQueryModel(lenet_onnx, budget=100)
+    api.predict_labels(images[:10])
+    copy = pickle.loads(pickle.dumps(api))
+    assert copy.remaining == 90
+    assert torch.equal(copy.predict_labels(images[:10]), api.predict_labels(images[:10]))
 
 
 def test_onnx_white_box_attack_fails_clearly(lenet_onnx, correct_batch):

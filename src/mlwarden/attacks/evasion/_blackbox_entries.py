@@ -69,7 +69,7 @@ register_attack(
         OnePixelAttack,
         {"pixels": 20, "values": "extreme", "crossover": 0.5, "population": 100, "max_queries": 2000},
         None,
-        "few-pixel attack by differential evolution (20 pixels by default; pixels=1 for one pixel) (L0)",
+        "few-pixel attack by differential evolution, 20 pixels by default (L0)",
     )
 )
 register_attack(

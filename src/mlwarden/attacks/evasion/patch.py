@@ -68,8 +68,8 @@ class AdversarialPatch(EvasionAttack):
         Side of the square patch in pixels, at least 1 and smaller than the
         images. The default is sized for 28x28 images: on the shipped
         Fashion-MNIST LeNet, patches towards class 8 of side 8, 12, 14, 16
-        and 18 turned about 7%, 24%, 43%, 57% and 87% of unseen test images
-        into the target.
+        and 18, trained for 10 epochs on 2,000 images, turned about 14%,
+        27%, 43%, 57% and 87% of 500 unseen test images into the target.
     fit_samples : int, default 2000
         Training images the patch is fitted on.
     epochs : int, default 5
