@@ -132,8 +132,8 @@ def _mlwarden(attack: str) -> Adversary:
 
 
 def _art(attack: str, model: nn.Module) -> Adversary | None:
-    from art.attacks import evasion
-    from art.estimators.classification import PyTorchClassifier
+    from art.attacks import evasion  # type: ignore[import-untyped]
+    from art.estimators.classification import PyTorchClassifier  # type: ignore[import-untyped]
 
     classifier = PyTorchClassifier(
         model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
@@ -178,7 +178,7 @@ def _art(attack: str, model: nn.Module) -> Adversary | None:
 
 
 def _torchattacks(attack: str, model: nn.Module) -> Adversary | None:
-    import torchattacks
+    import torchattacks  # type: ignore[import-untyped]
 
     factories: dict[str, Callable[[], object]] = {
         "fgsm": lambda: torchattacks.FGSM(model, eps=0.1),

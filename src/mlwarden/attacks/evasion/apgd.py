@@ -48,7 +48,7 @@ from torch import nn
 from ..._validation import check_bool, check_choice, check_int, check_real
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
-from .._fast_conv import fast_input_gradients
+from .._fast_layers import fast_layers
 from ..base import EvasionAttack
 from ..gradients import CostCounter, predict_logits
 from .pgd import (
@@ -239,7 +239,7 @@ class AutoProjectedGradientDescent(EvasionAttack):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits, per-sample loss, gradient)`` at ``inputs``."""
         inputs = inputs.detach().requires_grad_(True)
-        with torch.enable_grad(), fast_input_gradients():
+        with torch.enable_grad(), fast_layers():
             logits = model(inputs)
             loss = self._per_sample_loss(logits, labels, targets)
             (gradient,) = torch.autograd.grad(loss.sum(), inputs)

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..._validation import check_bool, check_int, check_real
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
-from .._fast_conv import fast_input_gradients
+from .._fast_layers import fast_layers
 from ..base import EvasionAttack
 from ..gradients import CostCounter
 
@@ -207,7 +207,7 @@ class CarliniWagnerL2(EvasionAttack):
             sub_labels = labels[rows]
             sub_targets = None if targets is None else targets[rows]
             w.requires_grad_(True)
-            with torch.enable_grad(), fast_input_gradients():
+            with torch.enable_grad(), fast_layers():
                 candidate = low + half_span * (torch.tanh(w) + 1)
                 logits = model(candidate)
                 squared_distance = (candidate - inputs[rows]).flatten(1).pow(2).sum(1)

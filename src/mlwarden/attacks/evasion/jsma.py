@@ -41,7 +41,7 @@ from torch import nn
 from ..._validation import check_bool, check_real
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
-from .._fast_conv import fast_input_gradients
+from .._fast_layers import fast_layers
 from ..base import EvasionAttack
 from ..gradients import CostCounter
 
@@ -156,7 +156,7 @@ class SaliencyMapMethod(EvasionAttack):
         logit other than the label.
         """
         inputs = inputs.detach().requires_grad_(True)
-        with torch.enable_grad(), fast_input_gradients():
+        with torch.enable_grad(), fast_layers():
             logits = model(inputs)
             if targets is None:
                 targets = logits.detach().scatter(1, labels[:, None], float("-inf")).argmax(1)
