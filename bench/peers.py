@@ -15,10 +15,12 @@ the same figures to the section ``## White-box attacks against peers`` of
 docs/benchmarks.md.
 
 The peers come from scripts/peers.txt (installed with --no-deps) and the
-``bench`` extra. A missing peer is skipped. The slowest peer runs (ART's C&W,
-torchattacks' DeepFool and JSMA, which loop over single images) attack only
-the first ``--slow-peer-limit`` images; their time ratio is per image and
-their note gives mlwarden's figures on the same images.
+``bench`` extra. A missing peer is skipped. The slowest peer runs need
+seconds per image: ART's C&W (a line search of the learning rate at every
+step), and torchattacks' DeepFool and JSMA (which loop over single images).
+They attack only the first ``--slow-peer-limit`` images, so their time
+ratio is per image, and their note gives mlwarden's figures on the same
+images.
 
 All numbers are measured here, with torch's default thread count. Results
 are recomputed from each library's returned images with the same model, so
@@ -450,8 +452,9 @@ def render_section(
         "- torchattacks' JSMA runs targeted with the same targets as the others (`set_mode_targeted_by_label`). "
         "ART's JSMA is targeted only, and picks the two elements with the largest target-logit gradient at "
         "each step rather than the pair of best saliency.",
-        "- ART's C&W and torchattacks' DeepFool and JSMA handle one image at a time, so they attacked fewer "
-        "images (see the images column); their time ratio is per image.",
+        "- ART's C&W searches its learning rate at every step, and torchattacks' DeepFool and JSMA handle one "
+        "image at a time. These three attacked fewer images (see the images column), and their time ratio is "
+        "per image.",
         "- mlwarden's BIM, PGD and APGD stop working on a sample at its first adversarial iterate, which saves "
         "gradients and gives smaller perturbations; the peers run every step.",
         "",
