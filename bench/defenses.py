@@ -51,7 +51,7 @@ SHIPPED_PGD = WEIGHTS_DIR / "lenet5-fashion-mnist-pgd.safetensors"
 # Weights the script trains when they are missing: file stem -> arguments of 'mlwarden train'.
 TRAINED = {
     "lenet5-fgsm": ["--defense", "fgsm:eps=0.1", "--epochs", "10"],
-    "lenet5-trades": ["--defense", "trades:eps=0.1,steps=7", "--epochs", "8"],
+    "lenet5-trades": ["--defense", "trades:eps=0.1,steps=5", "--epochs", "5"],
     "lenet5-gaussian-0.25": ["--defense", "gaussian:sigma=0.25", "--epochs", "15"],
     "lenet5-gaussian-0.5": ["--defense", "gaussian:sigma=0.5", "--epochs", "15"],
     "lenet5-seed1": ["--seed", "1", "--epochs", "10"],
@@ -66,7 +66,7 @@ DEFENSES = [
     "random-transform",
     "ensemble:members=[{seed1},{seed2}],vote=average",
     "ensemble:members=[{seed1},{seed2}],vote=majority",
-    "smoothing:sigma=0.25",
+    "smoothing:sigma=0.25,samples=20",
     "squeeze-detector",
     "mahalanobis",
 ]
