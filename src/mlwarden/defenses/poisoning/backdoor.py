@@ -223,8 +223,10 @@ class ActivationClusteringDetector(_SplitDetector):
         The two tests of a suspect class (see the module notes), each at least 1.
     margin : float, default 0.5
         Suspect classes are flagged from this score on, in units of the
-        median distance to the own center (recall 0.988 against 0.948 at 0 on
-        Fashion-MNIST LeNet activations, for 6 clean samples of 2,000).
+        median distance to the own center. Larger values flag more. On a
+        LeNet trained on 10,000 Fashion-MNIST images with 5% BadNets poison,
+        recall and precision were 0.76 and 0.99 at 0, 0.89 and 0.97 at 0.5,
+        and 1.00 and 0.93 at 1.0.
     n_components : int, default 10
         Dimensions kept by PCA before clustering.
     seed : int, default 0
