@@ -35,6 +35,7 @@ import argparse
 import datetime
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import re
@@ -288,6 +289,13 @@ def measure(
     if outside:
         notes.append(f"{outside} images outside [0, 1]")
     delta = (adversarial - inputs).flatten(1)
+    gamma = BUDGETS[attack].get("gamma")
+    if gamma is not None:
+        allowed = math.floor(float(gamma) * delta.shape[1])
+        changed = delta.ne(0).sum(1)
+        over = int((changed > allowed).sum())
+        if over:
+            notes.append(f"{over} images change more than gamma allows ({allowed} elements), up to {int(changed.max())}")
     eps = BUDGETS[attack].get("eps")
     if eps is not None:
         over = int((delta.abs().amax(1) > float(eps) + 1e-5).sum())
@@ -450,8 +458,11 @@ def render_section(
         "- torchattacks' C&W has no binary search over the constant; it runs once at c = 1 with 500 steps, the "
         "gradient budget of 5 searches of 100 steps.",
         "- torchattacks' JSMA runs targeted with the same targets as the others (`set_mode_targeted_by_label`). "
-        "ART's JSMA is targeted only, and picks the two elements with the largest target-logit gradient at "
-        "each step rather than the pair of best saliency.",
+        "ART's JSMA is targeted only. Both ART and mlwarden's default (`saliency=target`) change the two "
+        "elements of largest target-logit gradient at each step; torchattacks scores pairs with the paper's "
+        "product on logits, which mlwarden offers as `saliency=pair`. With `saliency=pair` on the same 1,000 "
+        "images, mlwarden measured 24.1% accuracy under attack and 59.3% success in 4.7 s, against 21.0% and "
+        "67.0% for torchattacks on its 100 images (mlwarden 20.0% and 66.0% on those).",
         "- ART's C&W searches its learning rate at every step, and torchattacks' DeepFool and JSMA handle one "
         "image at a time. These three attacked fewer images (see the images column), and their time ratio is "
         "per image.",

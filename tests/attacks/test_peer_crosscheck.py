@@ -24,7 +24,7 @@ from torch import nn
 
 from mlwarden.assess.plan import AttackSpec, Plan
 from mlwarden.assess.runner import run_assessment
-from mlwarden.attacks.evasion import APGD, CW, PGD, L2APGD, L2PGD, DeepFool, StrongestAttack
+from mlwarden.attacks.evasion import APGD, CW, JSMA, PGD, L2APGD, L2PGD, DeepFool, StrongestAttack
 from mlwarden.errors import MlwardenError, ParameterError
 
 SAMPLES = 64
@@ -350,3 +350,22 @@ def test_apgd_matches_art(loss, lenet, peer_batch):
         peer_total += _peer_fooled(lenet, attack.generate(x=inputs.numpy(), y=labels.numpy()), inputs, labels, 0.015)
         ours_total += fooled(APGD(loss=loss, steps=20, seed=seed)(lenet, inputs, labels, eps=0.015))
     assert ours_total >= peer_total - _random_start_tolerance(lenet, inputs, labels)
+
+
+@pytest.mark.peers
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_jsma_matches_art(lenet, peer_batch):
+    # Both choose the two elements of largest target gradient, so mlwarden must reach as many targets.
+    evasion = pytest.importorskip("art.attacks.evasion")
+    inputs, labels = peer_batch
+    targets = (labels + 1) % 10
+    attack = evasion.SaliencyMapMethod(_art_classifier(lenet), theta=1.0, gamma=0.1, batch_size=SAMPLES, verbose=False)
+    peer = torch.as_tensor(attack.generate(x=inputs.numpy(), y=targets.numpy()))
+    ours = JSMA(theta=1.0, gamma=0.1)(lenet, inputs, labels, targets)
+    # ART checks gamma before its last step, so it may change one pair more than gamma allows:
+    # only its results within the budget of floor(0.1 * 784) = 78 elements count.
+    within = (peer - inputs).ne(0).flatten(1).sum(1) <= 78
+    with torch.no_grad():
+        peer_reached = int(((lenet(peer).argmax(1) == targets) & within).sum())
+    assert float(ours.l0.max()) <= 78
+    assert int((ours.predictions == targets).sum()) >= peer_reached

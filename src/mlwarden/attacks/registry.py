@@ -119,7 +119,7 @@ register_attack(
     AttackEntry("deepfool", DeepFool, {"steps": 50, "overshoot": 0.02}, None, "DeepFool minimal perturbation (L2)")
 )
 register_attack(
-    AttackEntry("jsma", SaliencyMapMethod, {"theta": 1.0, "gamma": 0.1}, None, "saliency map over pixel pairs (L0)")
+    AttackEntry("jsma", SaliencyMapMethod, {"theta": 1.0, "gamma": 0.1, "saliency": "target"}, None, "saliency map over pixel pairs (L0)")
 )
 
 DEFAULT_ATTACKS = ["fgsm", "bim", "deepfool", "jsma"]

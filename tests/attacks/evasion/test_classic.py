@@ -143,6 +143,7 @@ def test_missing_eps_rejected(lenet, small_batch):
         (lambda: JSMA(gamma=0), r"gamma must be a number in \(0, 1\]"),
         (lambda: JSMA(gamma=1.5), r"gamma must be a number in \(0, 1\]"),
         (lambda: JSMA(theta=0), "theta must be non-zero"),
+        (lambda: JSMA(saliency="both"), "saliency must be one of 'target', 'pair'"),
         (lambda: JSMA(theta=2), r"theta must be a number in \[-1, 1\]"),
         (lambda: BIM(steps=2.5), "steps must be an integer"),
         (lambda: BIM(early_stop="yes"), "early_stop must be True or False"),
@@ -222,11 +223,30 @@ def test_deepfool_matches_closed_form_on_affine_model():
     torch.testing.assert_close(result.l2.double(), expected, rtol=1e-3, atol=1e-3)
 
 
-def test_jsma_changes_at_most_gamma_of_pixels(lenet, fashion_test):
+@pytest.mark.parametrize("saliency", ["target", "pair"])
+def test_jsma_changes_at_most_gamma_of_pixels(saliency, lenet, fashion_test):
     inputs, labels = fashion_test.images[:64], fashion_test.labels[:64]
     for gamma in (0.02, 0.1):
-        result = JSMA(gamma=gamma)(lenet, inputs, labels)
+        result = JSMA(gamma=gamma, saliency=saliency)(lenet, inputs, labels)
         assert float(result.l0.max()) <= math.floor(gamma * 784)
+
+
+def test_jsma_target_map_beats_pair_map(lenet, fashion_test):
+    inputs, labels = fashion_test.images[:100], fashion_test.labels[:100]
+    targets = (labels + 1) % 10
+    by_target = JSMA(saliency="target")(lenet, inputs, labels, targets)
+    by_pair = JSMA(saliency="pair")(lenet, inputs, labels, targets)
+    assert bool((by_target.predictions[by_target.success] == targets[by_target.success]).all())
+    assert by_target.success_rate > by_pair.success_rate
+
+
+def test_jsma_target_map_picks_two_largest():
+    gain = torch.tensor([[0.5, 3.0, 2.0, 9.0], [1.0, -2.0, 0.0, 4.0]])
+    domain = torch.tensor([[True, True, True, False], [False, True, False, True]])
+    first, second, found = JSMA._top_two(gain, domain)
+    assert first.tolist() == [1, 3]
+    assert second.tolist() == [2, 1]
+    assert found.tolist() == [True, True]
 
 
 def test_jsma_gamma_changes_result(lenet, small_batch):
@@ -236,15 +256,15 @@ def test_jsma_gamma_changes_result(lenet, small_batch):
     assert loose.success_rate > tight.success_rate
 
 
-def test_jsma_stops_when_no_pixel_is_admissible(lenet, small_batch):
-    _, labels = small_batch
+@pytest.mark.parametrize(("saliency", "backward_passes"), [("target", 1), ("pair", 2)])
+def test_jsma_stops_when_no_pixel_is_admissible(saliency, backward_passes, lenet):
     white = torch.ones(8, 1, 28, 28)
     with torch.no_grad():
         predictions = lenet(white).argmax(1)
-    result = JSMA(theta=1.0, gamma=1.0)(lenet, white, predictions)
+    result = JSMA(theta=1.0, gamma=1.0, saliency=saliency)(lenet, white, predictions)
     # Every pixel is at the upper bound, so nothing can increase: no gradient step beyond the first check.
     assert torch.equal(result.adversarial, white)
-    assert result.cost.gradients == 2 * 8
+    assert result.cost.gradients == backward_passes * 8
 
 
 def test_jsma_negative_theta_darkens(lenet, small_batch):
