@@ -104,3 +104,62 @@ def test_list_attacks(capsys):
     output = capsys.readouterr().out
     for name in ("fgsm", "bim", "deepfool", "jsma"):
         assert name in output
+
+
+def test_resume_repeats_saved_plan(tmp_path):
+    output = tmp_path / "run"
+    options = ["--attack", "fgsm", "--limit", "60", "--batch-size", "20", "--shard-size", "20"]
+    assert main(["assess", *options, "--output", str(output)]) == 0
+    first = read_results(output)
+    assert main(["assess", "--resume", str(output)]) == 0
+    resumed = read_results(output)
+    assert [a["label"] for a in resumed["attacks"]] == ["fgsm"]
+    assert resumed["data"]["samples"] == 60
+    assert resumed["engine"]["resumed_units"] == resumed["engine"]["units"]
+    assert resumed["attacks"][0]["per_sample"] == first["attacks"][0]["per_sample"]
+
+
+def test_rerun_removes_stale_figures(tmp_path, capsys):
+    assert main(["assess", "--attack", "fgsm", "--attack", "bim", "--limit", "20", "--output", str(tmp_path)]) == 0
+    assert main(["assess", "--attack", "bim", "--limit", "20", "--output", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("[0-9][0-9]-*.png")) == ["01-bim.png"]
+    assert "and 1 figure in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("eps", ["abc", "-1", "[0.1,abc]"])
+def test_invalid_eps_rejected(eps, tmp_path, capsys):
+    assert main(["assess", "--attack", f"fgsm:eps={eps}", "--limit", "20", "--output", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "eps must be" in error
+    assert "Traceback" not in error
+
+
+def test_output_under_a_file_rejected(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(blocker)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(blocker / "sub")]) == 2
+    assert f"because {blocker} is a file" in capsys.readouterr().err
+
+
+def test_label_outside_model_classes_blamed_on_data(tmp_path, fashion_test, capsys):
+    import gzip
+    import struct
+
+    import numpy as np
+
+    def write(path, array):
+        header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+    images = (fashion_test.images[:50, 0] * 255).round().numpy().astype(np.uint8)
+    labels = fashion_test.labels[:50].numpy().astype(np.uint8)
+    labels[3] = 42
+    for prefix in ("train", "t10k"):
+        write(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    assert main(["assess", "--data", str(tmp_path), "--attack", "fgsm", "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "sample 3 of the" in error
+    assert "labels is 42, but the model outputs 10 classes" in error

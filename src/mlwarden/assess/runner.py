@@ -21,7 +21,7 @@ from ..attacks.base import model_bounds
 from ..attacks.registry import DEFAULT_ATTACKS, get_attack_entry
 from ..attacks.result import AttackResult
 from ..data import Dataset, load_dataset
-from ..errors import PlanError
+from ..errors import DataError, PlanError
 from ..models import LoadedModel, check_model_output, resolve_model
 from .context import AssessmentContext
 from .defended import run_defense
@@ -105,9 +105,31 @@ def load_inputs(plan: Plan) -> tuple[LoadedModel, Dataset, tuple[float, float]]:
     """Load the plan's model and data, check that they fit together, and return them with the input bounds."""
     loaded = resolve_model(plan.model, weights=plan.weights)
     data = load_dataset(plan.data, plan.split).subset(plan.limit)
+    _check_labels_fit_model(loaded.model, data)
     check_model_output(loaded.model, data.images[:2], data.num_classes)
     bounds = model_bounds(loaded.model, data.bounds if not hasattr(loaded.model, "bounds") else None)
     return loaded, data, bounds
+
+
+def _check_labels_fit_model(model: torch.nn.Module, data: Dataset) -> None:
+    """Raise a :class:`DataError` when the data's labels name classes that the model does not output."""
+    try:
+        with torch.no_grad():
+            output = model(data.images[:1])
+    except Exception:  # the model check that follows reports a failing forward pass
+        return
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        return
+    classes = int(output.shape[1])
+    largest = int(data.labels.max()) if len(data.labels) else 0
+    if classes < data.num_classes and largest >= classes:
+        first = int((data.labels >= classes).nonzero()[0, 0])
+        raise DataError(
+            f"sample {first} of the {data.name} {data.split} labels is {int(data.labels[first])}, but the model "
+            f"outputs {classes} classes (labels 0 to {classes - 1}); the labels file is mislabeled or belongs to "
+            "another data set",
+            value=int(data.labels[first]),
+        )
 
 
 def plan_attacks(plan: Plan) -> tuple[AttackSpec, ...]:

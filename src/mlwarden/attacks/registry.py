@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validation import check_eps
 from ..errors import PlanError
 from .evasion import BasicIterativeMethod, DeepFool, FastGradientSignMethod, SaliencyMapMethod
 
@@ -75,6 +76,9 @@ class AttackEntry:
         call = {key: merged.pop(key) for key in CALL_SETTINGS if key in merged}
         if "eps" not in call and self.eps is not None:
             call["eps"] = self.eps
+        if call.get("eps") is not None:
+            budgets = check_eps(call["eps"], f"attack {self.name!r}")
+            call["eps"] = budgets if isinstance(call["eps"], (list, tuple)) else budgets[0]
         return self.factory(**merged), call
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
 from ..assess import AttackSpec, DefenseSpec, Plan, load_plan, parse_spec, write_results
 from ..assess.engines import ENGINE_NAMES, UNITS_FOLDER, run_plan
 from ..assess.poisoning import split_attack_specs, split_defense_specs
@@ -14,8 +16,12 @@ from ..defenses.registry import get_defense_entry
 from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
 from ..report.defenses import defense_matrix
 from ..report.poisoning import poisoning_table
+from ._paths import check_output_dir
 
 __all__ = ["register", "run", "build_plan"]
+
+# The plan of each run, saved in its output directory so that --resume DIR repeats it.
+PLAN_FILE = "plan.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -127,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
         for name in sorted(ATTACKS):
             print(f"{name:<12} {ATTACKS[name].summary}")
         return 0
+    if args.resume is not None and args.plan is None and (args.resume / PLAN_FILE).is_file():
+        # Resume the plan of the interrupted run; options on the command line still override it.
+        args.plan = args.resume / PLAN_FILE
     plan = build_plan(args)
-    output = Path(plan.output)
+    output = check_output_dir(Path(plan.output))
     if args.resume is not None:
         if not args.resume.is_dir():
             raise ParameterError(f"--resume {args.resume}: directory not found", value=str(args.resume))
@@ -136,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
             raise ParameterError(
                 f"--resume {args.resume} writes its results there; drop --output {args.output}", value=str(args.output)
             )
-        output = args.resume
+        output = check_output_dir(args.resume, "--resume")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / PLAN_FILE).write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False))
     results = run_plan(
         plan,
         engine=args.engine,
@@ -155,5 +166,6 @@ def run(args: argparse.Namespace) -> int:
     if results.get("poisoning"):
         print("\n" + format_table(*poisoning_table(results)))
     figures = sorted(output.glob("[0-9][0-9]-*.png"))
-    print(f"\nwrote {results_path}, {report_path} and {len(figures)} figures in {output}/")
+    noun = "figure" if len(figures) == 1 else "figures"
+    print(f"\nwrote {results_path}, {report_path} and {len(figures)} {noun} in {output}/")
     return 0

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from ..data import load_dataset
 from ..defenses.evasion.adversarial_training import build_training_defense
+from ..errors import ParameterError
 from ..models import TrainingConfig, build, save_weights, train_model
 from ..models.training import EpochRecord
 from ..models.zoo import ARCHITECTURES
+from ._paths import check_output_file
 
 __all__ = ["register", "run"]
 
@@ -50,6 +54,7 @@ def _print_epoch(record: EpochRecord) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     defense = build_training_defense(args.defense, seed=args.seed) if args.defense else None
     train = load_dataset(args.data, "train")
@@ -82,7 +87,17 @@ def run(args: argparse.Namespace) -> int:
     }
     if defense is not None:
         metadata["defense"] = defense.describe()
-    path = save_weights(model, args.output, metadata)
+    try:
+        path = save_weights(model, args.output, metadata)
+    except OSError as error:
+        # Keep the trained model even when its output path fails after training.
+        rescue = Path(tempfile.gettempdir()) / f"mlwarden-train-{os.getpid()}.safetensors"
+        save_weights(model, rescue, metadata)
+        raise ParameterError(
+            f"failed to write --output {args.output} ({error.strerror or error}); the trained weights were saved to "
+            f"{rescue} instead, move them where you need them",
+            value=str(args.output),
+        ) from None
     print(f"saved {path} and {path.with_suffix('.json')}")
     print(json.dumps({"clean_test_accuracy": history[-1].test_accuracy}))
     return 0

@@ -17,6 +17,11 @@ def render_report(results: dict[str, Any], directory: str | Path) -> Path:
     """Write ``report.md`` and the figures into ``directory``; return the report's path."""
     directory = Path(directory)
     figures = render_figures(results, directory)
+    # Attack figures of an earlier run in the same directory would pass for this run's.
+    current = {figure.name for figure in figures}
+    for stale in directory.glob("[0-9][0-9]-*.png"):
+        if stale.name not in current:
+            stale.unlink()
     path = directory / "report.md"
     path.write_text(render_markdown(results, figures) + render_robustness_section(results, directory))
     return path
