@@ -231,7 +231,10 @@ class EvasionAttack:
             norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
             factor = (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
             delta = delta * factor
-        return (inputs + delta).clamp(bounds[0], bounds[1])
+        adversarial = (inputs + delta).clamp(bounds[0], bounds[1])
+        if eps is not None and self.norm in ("linf", "l2"):
+            adversarial = _round_into_budget(adversarial, inputs, eps, self.norm)
+        return adversarial
 
     # --- for subclasses -------------------------------------------------------------
 
@@ -253,3 +256,29 @@ class EvasionAttack:
         the candidates, so a subclass need not track success perfectly.
         """
         raise NotImplementedError
+
+
+def _round_into_budget(adversarial: torch.Tensor, inputs: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Move elements whose float32 rounding put the perturbation just over ``eps`` back inside it.
+
+    ``inputs + delta - inputs`` can exceed ``delta`` by one unit in the last
+    place, so a projected L-inf perturbation of 0.1 can measure 0.10000002.
+    Each pass moves the offending values one representable step toward the
+    input (L-inf) or shrinks the offending perturbations by a relative 1e-6
+    (L2); bounds stay respected because both moves go toward the input.
+    """
+    for _ in range(4):
+        delta = adversarial - inputs
+        if norm == "linf":
+            over = delta.abs() > eps
+            if not bool(over.any()):
+                break
+            adversarial = torch.where(over, torch.nextafter(adversarial, inputs), adversarial)
+        else:
+            norms = delta.flatten(1).norm(dim=1)
+            over = norms > eps
+            if not bool(over.any()):
+                break
+            shrink = torch.where(over, eps / norms.clamp_min(1e-12) * (1 - 1e-6), torch.ones_like(norms))
+            adversarial = inputs + delta * shrink.view(-1, *([1] * (delta.dim() - 1)))
+    return adversarial
