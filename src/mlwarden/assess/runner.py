@@ -222,6 +222,8 @@ def run_attack(
             "targeted": targets is not None,
             "target": call.get("target"),
             "profile": attack.profile.to_dict(),
+            # Queries spent once to fit the attack (a surrogate's labels), shared by every budget of a sweep.
+            "fitting_queries": int(getattr(attack, "fitting_queries", 0)),
             **summarize_attack(result),
             "per_sample": per_sample_record(result),
             "examples": _examples(result, offset=start),

@@ -55,12 +55,16 @@ def render_markdown(results: dict[str, Any], figures: list[Path] | None = None) 
                 str(attack.get("norm") or "-"),
                 "-" if attack.get("eps") is None else f"{attack['eps']:g}",
                 "-" if queries.get("median_successful") is None else f"{queries['median_successful']:.0f}",
+                f"{attack['fitting_queries']:,}" if attack.get("fitting_queries") else "-",
             ]
         )
     lines += _markdown_table(
-        ["attack", "knowledge", "frequency", "mode", "scope", "level", "norm", "eps", "median queries (successful)"],
+        ["attack", "knowledge", "frequency", "mode", "scope", "level", "norm", "eps", "median queries (successful)",
+         "fitting queries"],
         profile_rows,
     )
+    lines += ["", "Median queries count the queries spent on each sample. Fitting queries were spent once, before any "
+              "sample, to fit the attack (for example the target's labels that trained a transfer surrogate)."]
     lines += render_defenses_markdown(results).splitlines()
     lines += render_poisoning_markdown(results).splitlines()
     if figures:

@@ -166,7 +166,7 @@ def test_transfer_with_query_labels_counts_queries(lenet, fashion_train, unseen)
     target = ModuleQueryModel(lenet)
     attack = TransferAttack(labels="queries", train_samples=1000, epochs=1)
     attack.fit(target, fashion_train)
-    assert attack.preparation_queries == 1000
+    assert attack.fitting_queries == 1000
     assert target.queries == 1000
     assert 0.0 < attack.surrogate_agreement <= 1.0
     result = attack(target, images[:50], labels[:50], eps=0.1)

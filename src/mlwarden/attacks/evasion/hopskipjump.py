@@ -25,7 +25,8 @@ Limitations: the random start needs a class change from uniform noise; a
 model that maps all noise to the true class leaves those samples
 unattacked. Targeted runs need an image of the target class: call
 :meth:`HopSkipJump.fit_starting_points` (``assess`` does it from the training
-split) or they start from noise.
+split) or they start from noise. Its label queries are spent once, not per
+sample, and are kept in ``fitting_queries``.
 """
 
 from __future__ import annotations
@@ -137,21 +138,26 @@ class HopSkipJump(EvasionAttack):
         self.seed = check_int(seed, "seed", owner)
         self._starting_points: dict[int, torch.Tensor] = {}
         self._pool: torch.Tensor | None = None
+        # Label queries spent choosing starting points, once for all samples.
+        self.fitting_queries = 0
 
     def settings(self) -> dict[str, object]:
-        """Return the constructor settings, without the starting points."""
-        return {key: value for key, value in super().settings().items() if key not in ("starting_points", "pool")}
+        """Return the constructor settings, without the starting points and the fitting cost."""
+        fitted = ("starting_points", "pool", "fitting_queries")
+        return {key: value for key, value in super().settings().items() if key not in fitted}
 
     # --- starting points of targeted runs ---------------------------------------------------
 
     def fit_starting_points(self, model: nn.Module, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """Keep, for each class, the first of ``images`` that the model labels as that class.
 
-        Spends one label query per image; a targeted run then starts each
-        sample from the kept image of its target class.
+        Spends one label query per image, added to ``fitting_queries``; a
+        targeted run then starts each sample from the kept image of its
+        target class.
         """
         query = as_query_model(model)
         predicted = query.predict_labels(images)
+        self.fitting_queries += len(images)
         self._starting_points = {}
         for image, label in zip(images, predicted.tolist()):
             self._starting_points.setdefault(int(label), image.clone())
@@ -168,6 +174,7 @@ class HopSkipJump(EvasionAttack):
         order = torch.randperm(len(train), generator=context.generator(salt=_STARTING_SALT))
         self._pool = train.images[order[:_STARTING_POOL]]
         self._starting_points = {}
+        self.fitting_queries = 0
 
     # --- the attack -------------------------------------------------------------------------
 

@@ -19,6 +19,11 @@ target (architecture, data, training); a surrogate of another architecture
 usually transfers less. Perturbations that exactly reach the surrogate's
 boundary (DeepFool, minimal attacks) rarely transfer: use a budgeted attack
 such as BIM or PGD with a generous ``eps``.
+
+Cost: the label queries that fit the surrogate are spent once, before any
+sample is attacked, and are kept in ``fitting_queries`` (``assess`` reports
+them next to the per-sample queries). Per sample, the attack sends only the
+final input to the target, so its per-sample query count is 0.
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ class TransferAttack(EvasionAttack):
         self._white_box = white_box
         self._default_eps = call.get("eps")
         self._model: nn.Module | None = None
-        self.preparation_queries = 0
+        self.fitting_queries = 0
         self.surrogate_agreement: float | None = None
 
     def settings(self) -> dict[str, object]:
@@ -176,7 +181,7 @@ class TransferAttack(EvasionAttack):
         """Train the surrogate on ``train_samples`` images of ``train`` and return it.
 
         With ``labels="queries"`` the images are labelled by the target,
-        which costs one label query each (kept in ``preparation_queries``).
+        which costs one label query each (kept in ``fitting_queries``).
         The agreement of surrogate and target on held-out training images is
         kept in ``surrogate_agreement``.
         """
@@ -193,10 +198,11 @@ class TransferAttack(EvasionAttack):
         images = train.images[chosen]
         labels = train.labels[chosen]
         query = as_query_model(model)
+        self.fitting_queries = 0
         if self.labels == "queries":
             before = query.queries
             labels = torch.cat([query.predict_labels(images[start : start + _LABEL_BATCH]) for start in range(0, count, _LABEL_BATCH)])
-            self.preparation_queries = query.queries - before
+            self.fitting_queries = query.queries - before
         fitting = Dataset(images, labels, train.class_names, train.name, "train", train.bounds)
         checking = Dataset(train.images[held_out], train.labels[held_out], train.class_names, train.name, "train", train.bounds)
         surrogate = build(self.surrogate, num_classes=train.num_classes)
@@ -213,19 +219,24 @@ class TransferAttack(EvasionAttack):
             self.surrogate,
             count,
             self.labels,
-            self.preparation_queries,
+            self.fitting_queries,
             100 * self.surrogate_agreement,
         )
         self._model = surrogate
         return surrogate
 
-    def use_surrogate(self, surrogate: nn.Module) -> None:
-        """Use an already trained surrogate instead of fitting one."""
+    def use_surrogate(self, surrogate: nn.Module, *, fitting_queries: int = 0) -> None:
+        """Use an already trained surrogate instead of fitting one.
+
+        ``fitting_queries`` is the number of target queries that training it
+        took, kept so that reports show the attack's whole cost.
+        """
         if not isinstance(surrogate, nn.Module):
             raise ParameterError(
                 f"{type(self).__name__}: surrogate must be a torch.nn.Module, got {type(surrogate).__name__}",
                 value=type(surrogate),
             )
+        self.fitting_queries = check_int(fitting_queries, "fitting_queries", type(self).__name__, low=0)
         self._model = surrogate
 
     # --- the attack -------------------------------------------------------------------------
