@@ -163,3 +163,12 @@ def test_label_outside_model_classes_blamed_on_data(tmp_path, fashion_test, caps
     error = capsys.readouterr().err
     assert "sample 3 of the" in error
     assert "labels is 42, but the model outputs 10 classes" in error
+
+
+def test_targeted_results_record_targets(tmp_path):
+    assert main(["assess", "--attack", "bim:target=random", "--limit", "40", "--batch-size", "20", "--output", str(tmp_path)]) == 0
+    per_sample = read_results(tmp_path)["attacks"][0]["per_sample"]
+    assert len(per_sample["target"]) == 40
+    for target, prediction, success in zip(per_sample["target"], per_sample["prediction"], per_sample["success"]):
+        assert bool(success) == (prediction == target)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644

@@ -56,6 +56,20 @@ def test_factory_with_weights_loads(tmp_path, lenet):
     torch.testing.assert_close(loaded.model(inputs), lenet(inputs))
 
 
+def test_mismatched_weights_named_in_one_line(tmp_path, lenet):
+    state = dict(lenet.state_dict())
+    state["classifier.weight"] = torch.zeros(3, 3)
+    del state["classifier.bias"]
+    path = tmp_path / "state.pth"
+    torch.save(state, str(path))
+    with pytest.raises(ModelError) as caught:
+        resolve_model("mlwarden.models.lenet:LeNet5", weights=str(path))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "1 tensors differ in shape, first 'classifier.weight': (3, 3) in the file" in message
+    assert "1 tensors missing from the file, first 'classifier.bias'" in message
+
+
 def test_pickle_that_is_not_torchscript_rejected(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"not a zip archive")

@@ -65,6 +65,8 @@ def per_sample_record(result: AttackResult) -> dict[str, list[Any]]:
         "l2": [round(v, 6) for v in result.l2.tolist()],
         "linf": [round(v, 6) for v in result.linf.tolist()],
     }
+    if result.targets is not None:
+        record["target"] = result.targets.tolist()
     if result.queries_per_sample is not None:
         record["queries"] = result.queries_per_sample.tolist()
     return record

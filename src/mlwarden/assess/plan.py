@@ -205,7 +205,10 @@ def load_plan(path: str | Path) -> Plan:
     except FileNotFoundError:
         raise PlanError(f"plan file not found: {path}", value=str(path)) from None
     except yaml.YAMLError as error:
-        raise PlanError(f"plan {path} is not valid YAML: {error}", value=str(path)) from None
+        mark = getattr(error, "problem_mark", None)
+        where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(error, "problem", None) or "syntax error"
+        raise PlanError(f"plan {path} is not valid YAML{where}: {problem}; fix the file there", value=str(path)) from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

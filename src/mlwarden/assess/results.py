@@ -37,6 +37,7 @@ def write_results(results: dict[str, Any], directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "results.json"
     handle, temporary = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=directory)
+    os.fchmod(handle, 0o644)  # mkstemp creates 0600; results are as readable as the report beside them
     with os.fdopen(handle, "w") as stream:
         json.dump(_finite(results), stream, indent=1)
         stream.write("\n")

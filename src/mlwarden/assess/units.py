@@ -251,6 +251,7 @@ def write_unit(directory: str | Path, unit: WorkUnit, document: dict[str, Any]) 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{unit.id}.{unit.key[:8]}{_UNIT_SUFFIX}"
     handle, temporary = tempfile.mkstemp(prefix=".unit-", suffix=".json", dir=directory)
+    os.fchmod(handle, 0o644)  # mkstemp creates 0600; results are as readable as the report beside them
     with os.fdopen(handle, "w") as stream:
         json.dump(document, stream, separators=(",", ":"))
     os.replace(temporary, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
@@ -121,6 +122,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     for defense in split_defense_specs(plan.defenses)[0]:
         get_defense_entry(defense.name)
     if not plan.attacks:
+        if args.plan is not None:
+            print(f"plan {args.plan} names no attacks: running the defaults {', '.join(DEFAULT_ATTACKS)}", file=sys.stderr)
         plan = plan.updated(attacks=tuple(AttackSpec(name) for name in DEFAULT_ATTACKS))
     for spec in split_attack_specs(plan.attacks)[0]:
         get_attack_entry(spec.name)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .weights import file_sha256
+from .weights import file_sha256, state_mismatch
 from .zoo import ARCHITECTURES, load_from_weights, load_pretrained
 
 __all__ = ["LoadedModel", "resolve_model", "check_model_output", "TORCHSCRIPT_SUFFIXES"]
@@ -128,7 +128,11 @@ def _from_factory(spec: str, weights: str | Path | None) -> LoadedModel:
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            raise ModelError(f"weights {weights} do not fit {spec}: {error}", value=str(weights)) from None
+            raise ModelError(
+                f"weights {weights} do not fit {spec}: {state_mismatch(model, state)}; pass the weights saved from "
+                "this factory's model",
+                value=str(weights),
+            ) from None
         digest = file_sha256(weights)
     else:
         logger.warning("model %s has no --weights: its parameters are those the factory set", spec)
@@ -182,3 +186,4 @@ def check_model_output(model: nn.Module, sample: torch.Tensor, num_classes: int)
         )
     if not output.dtype.is_floating_point:
         raise ModelError(f"the model returned dtype {output.dtype}, expected floating-point logits", value=output.dtype)
+

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import IntegrityError, ModelError
 
-__all__ = ["save_weights", "load_weights", "read_sidecar", "sidecar_path", "file_sha256", "SIDECAR_FORMAT"]
+__all__ = ["save_weights", "load_weights", "read_sidecar", "sidecar_path", "file_sha256", "state_mismatch", "SIDECAR_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +126,22 @@ def load_weights(path: str | Path, *, verify: bool = True) -> tuple[dict[str, to
     except (SafetensorError, OSError) as error:
         raise ModelError(f"cannot read safetensors file {path}: {error}", value=str(path)) from None
     return state, sidecar
+
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """Describe in one line how ``state`` differs from the model's own state dict (first difference of each kind)."""
+    own = model.state_dict()
+    parts = []
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    shapes = [key for key in own if key in state and tuple(own[key].shape) != tuple(state[key].shape)]
+    if shapes:
+        key = shapes[0]
+        parts.append(
+            f"{len(shapes)} tensors differ in shape, first {key!r}: {tuple(state[key].shape)} in the file, "
+            f"{tuple(own[key].shape)} in the model"
+        )
+    if missing:
+        parts.append(f"{len(missing)} tensors missing from the file, first {missing[0]!r}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors unknown to the model, first {unexpected[0]!r}")
+    return ", ".join(parts) or "the state dict does not load"

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .lenet import LeNet5
-from .weights import load_weights
+from .weights import load_weights, state_mismatch
 
 __all__ = ["ARCHITECTURES", "PRETRAINED", "WEIGHTS_DIR", "build", "load_pretrained", "load_from_weights"]
 
@@ -46,7 +46,11 @@ def load_from_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ModelError(f"weights in {path} do not fit architecture {sidecar['architecture']!r}: {error}") from None
+        raise ModelError(
+            f"weights in {path} do not fit architecture {sidecar['architecture']!r}: {state_mismatch(model, state)}; "
+            "the sidecar names another architecture than the one the weights were saved from",
+            value=str(path),
+        ) from None
     return model.eval(), sidecar
 
 
