@@ -17,7 +17,7 @@ from .._validation import check_eps
 from ..errors import PlanError
 from .evasion import BasicIterativeMethod, DeepFool, FastGradientSignMethod, SaliencyMapMethod
 
-__all__ = ["AttackEntry", "ATTACKS", "DEFAULT_ATTACKS", "register_attack", "get_attack_entry", "CALL_SETTINGS"]
+__all__ = ["AttackEntry", "NormBudgetEntry", "ATTACKS", "DEFAULT_ATTACKS", "register_attack", "get_attack_entry", "CALL_SETTINGS"]
 
 # Settings that the runner consumes at call time instead of passing to the constructor.
 CALL_SETTINGS = ("eps", "target")
@@ -81,6 +81,29 @@ class AttackEntry:
             call["eps"] = budgets if isinstance(call["eps"], (list, tuple)) else budgets[0]
         return self.factory(**merged), call
 
+
+
+@dataclass(frozen=True)
+class NormBudgetEntry(AttackEntry):
+    """An attack entry whose default budget depends on the norm of the built attack.
+
+    ``eps`` is the budget of the default norm. ``budgets`` maps each norm to
+    its default budget. A norm missing from it gets no default budget, so
+    the attack falls back to its own. A budget the user gives is kept.
+    """
+
+    budgets: dict[str, float] = field(default_factory=dict)
+
+    def build(self, settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Return the attack and the call-time settings, with the default budget of the attack's norm."""
+        attack, call = super().build(settings)
+        if "eps" not in settings:
+            budget = self.budgets.get(getattr(attack, "norm", None) or "")
+            if budget is None:
+                call.pop("eps", None)
+            else:
+                call["eps"] = budget
+        return attack, call
 
 ATTACKS: dict[str, AttackEntry] = {}
 

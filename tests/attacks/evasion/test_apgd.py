@@ -116,3 +116,13 @@ def test_invalid_settings_rejected(bad):
 
 def test_settings_hide_logging_state():
     assert "logged_adaptations" not in APGD().settings()
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr"])
+def test_default_budget_follows_norm(name):
+    from mlwarden.attacks.registry import get_attack_entry
+
+    entry = get_attack_entry(name)
+    assert entry.build({})[1]["eps"] == 0.1
+    assert entry.build({"norm": "l2"})[1]["eps"] == 1.5
+    assert entry.build({"norm": "l2", "eps": 0.5})[1]["eps"] == 0.5

@@ -13,10 +13,8 @@ rates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
 
-from ..registry import AttackEntry, register_attack
+from ..registry import AttackEntry, NormBudgetEntry, register_attack
 from .hopskipjump import HopSkipJump
 from .onepixel import OnePixelAttack
 from .patch import AdversarialPatch
@@ -60,29 +58,6 @@ TRANSFER_L2_EPS = 3.0
 PATCH_TARGET = 8
 
 BLACKBOX_ATTACKS = ("square", "simba", "hsja", "onepixel", "transfer", "universal", "patch")
-
-
-@dataclass(frozen=True)
-class NormBudgetEntry(AttackEntry):
-    """An attack entry whose default budget depends on the norm of the built attack.
-
-    ``eps`` is the budget of the default norm. ``budgets`` maps each norm to
-    its default budget. A norm missing from it gets no default budget, so
-    the attack falls back to its own. A budget the user gives is kept.
-    """
-
-    budgets: dict[str, float] = field(default_factory=dict)
-
-    def build(self, settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Return the attack and the call-time settings, with the default budget of the attack's norm."""
-        attack, call = super().build(settings)
-        if "eps" not in settings:
-            budget = self.budgets.get(getattr(attack, "norm", None) or "")
-            if budget is None:
-                call.pop("eps", None)
-            else:
-                call["eps"] = budget
-        return attack, call
 
 
 register_attack(

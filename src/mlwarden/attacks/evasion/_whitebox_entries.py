@@ -8,7 +8,7 @@ of 0.1 on the shipped LeNet.
 from __future__ import annotations
 
 from ...errors import ParameterError
-from ..registry import AttackEntry, register_attack
+from ..registry import AttackEntry, NormBudgetEntry, register_attack
 from .apgd import AutoProjectedGradientDescent, L2AutoProjectedGradientDescent
 from .carlini_wagner import CarliniWagnerL2
 from .ensemble import L2StrongestAttack, StrongestAttack
@@ -77,9 +77,22 @@ register_attack(
         "projected gradient descent with random start (L2)",
     )
 )
-register_attack(AttackEntry("apgd-ce", apgd_ce, {}, LINF_EPS, "auto-PGD, cross-entropy loss (L-inf; norm=l2 for L2)"))
+# The default budget follows the norm: norm=l2 gets L2_EPS, never the L-inf 0.1 as an L2 budget.
+_APGD_BUDGETS = {"linf": LINF_EPS, "l2": L2_EPS}
 register_attack(
-    AttackEntry("apgd-dlr", apgd_dlr, {}, LINF_EPS, "auto-PGD, difference-of-logits-ratio loss (L-inf; norm=l2 for L2)")
+    NormBudgetEntry(
+        "apgd-ce", apgd_ce, {}, LINF_EPS, "auto-PGD, cross-entropy loss (L-inf 0.1; norm=l2 for L2 1.5)", _APGD_BUDGETS
+    )
+)
+register_attack(
+    NormBudgetEntry(
+        "apgd-dlr",
+        apgd_dlr,
+        {},
+        LINF_EPS,
+        "auto-PGD, difference-of-logits-ratio loss (L-inf 0.1; norm=l2 for L2 1.5)",
+        _APGD_BUDGETS,
+    )
 )
 register_attack(
     AttackEntry(
