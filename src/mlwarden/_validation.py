@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import ParameterError
@@ -21,6 +22,7 @@ __all__ = [
     "check_bool",
     "check_bounds",
     "check_eps",
+    "check_output_path",
 ]
 
 
@@ -114,3 +116,30 @@ def _range_text(low: float | None, high: float | None, low_inclusive: bool, high
     left = "[" if low_inclusive else "("
     right = "]" if high_inclusive else ")"
     return f" in {left}{low:g}, {high:g}{right}"
+
+
+def check_output_path(path: str | Path, owner: str, *, name: str = "--output", folder: bool = False) -> Path:
+    """Check that ``path`` can be written, before any long work, and return it as a Path.
+
+    Every existing ancestor of ``path`` must be a folder, and so must ``path``
+    itself when ``folder`` is True. Commands call this before long work, so a
+    bad path fails at once instead of when the results are written.
+
+    Raises
+    ------
+    ParameterError
+        If ``path`` or one of its ancestors is an existing file, not a folder.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ParameterError(
+            f"{owner}: {name} {str(path)!r} is a file, not a folder; pass a new or existing folder", value=str(path)
+        )
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ParameterError(
+                f"{owner}: {name} {str(path)!r} cannot be written because its parent {str(parent)!r} is a file, "
+                "not a folder; pass a path whose parents are folders",
+                value=str(path),
+            )
+    return path

@@ -113,3 +113,14 @@ def test_scan_errors_exit_2(tmp_path: Path, capsys) -> None:  # type: ignore[no-
     np.save(tmp_path / "alone.npy", np.zeros((5, 3)))
     assert main(["scan-data", str(tmp_path / "alone.npy")]) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_scan_output_below_file_exit_2(tmp_path: Path, blobs, capsys) -> None:  # type: ignore[no-untyped-def]
+    features, labels, _ = blobs
+    np.savez(tmp_path / "data.npz", features=features, labels=labels)
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    assert main(["scan-data", str(tmp_path / "data.npz"), "--output", str(blocker)]) == 2
+    assert f"--output {str(blocker)!r} is a file, not a folder" in capsys.readouterr().err
+    assert main(["scan-data", str(tmp_path / "data.npz"), "--output", str(blocker / "scan")]) == 2
+    assert f"its parent {str(blocker)!r} is a file, not a folder" in capsys.readouterr().err

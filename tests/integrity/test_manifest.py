@@ -74,7 +74,9 @@ def test_changed_chunk_located(signed) -> None:  # type: ignore[no-untyped-def]
     data[2 * CHUNK + 5] ^= 0xFF
     path.write_bytes(bytes(data))
     (problem,) = verify_manifest(manifest, public_key, progress=False).problems()
-    assert f"first at byte {2 * CHUNK}" in problem.detail
+    assert f"chunks of {CHUNK} bytes" in problem.detail
+    assert f"the first changed chunk starts at byte {2 * CHUNK}" in problem.detail
+    assert "first at byte" not in problem.detail
 
 
 def test_added_removed_and_resized(signed) -> None:  # type: ignore[no-untyped-def]
@@ -123,12 +125,24 @@ def test_edited_manifest_fails(signed) -> None:  # type: ignore[no-untyped-def]
     assert not report.signature_valid
 
 
-@pytest.mark.parametrize("content", ["not json", "[]", '{"signature": {"algorithm": "rsa"}}'])
-def test_garbage_manifest_fails(tmp_path: Path, content: str) -> None:
+@pytest.mark.parametrize(
+    "content",
+    ['{"signature": {"algorithm": "rsa"}}', '{"manifest": {}}', '{"manifest": {"schema": "mlwarden.manifest/1"'],
+)
+def test_damaged_manifest_fails(tmp_path: Path, content: str) -> None:
     _, public_key = generate_keypair()
     path = tmp_path / "manifest.json"
     path.write_text(content)
     assert not verify_manifest(path, public_key, progress=False).signature_valid
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", "{not json", '{"learning_rate": 0.1}', "\x00\x01binary"])
+def test_non_manifest_raises(tmp_path: Path, content: str) -> None:
+    _, public_key = generate_keypair()
+    path = tmp_path / "manifest.json"
+    path.write_text(content)
+    with pytest.raises(ParameterError, match="is not a manifest because"):
+        verify_manifest(path, public_key, progress=False)
 
 
 def test_manifest_paths_must_stay_inside() -> None:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .._validation import check_output_path
 from ..errors import ParameterError
 from ..integrity.collectors import DeviceKey
 from ..integrity.keys import write_keypair
@@ -38,15 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.device:
+        if args.private is None:
+            check_output_path(args.output, "keygen", folder=True)
         path = args.private or args.output / f"{args.device}.device.json"
-        if path.exists() and not args.force:
-            raise ParameterError(f"keygen: {str(path)!r} already exists; pass --force to replace it", value=str(path))
+        _check_key_file(path, "--private" if args.private else "--output", args.force)
         DeviceKey.generate(args.device).save(path)
         print(format_table(["file", "kind", "mode", "device"], [[path, "device key (HMAC-SHA256)", "0600", args.device]]))
         print("Give this file to the device and register it with the receiver; keep it secret.")
         return 0
+    if args.private is None or args.public is None:
+        check_output_path(args.output, "keygen", folder=True)
     private = args.private or args.output / f"{args.name}.key"
     public = args.public or args.output / f"{args.name}.pub"
+    _check_key_file(private, "--private" if args.private else "--output", args.force)
+    _check_key_file(public, "--public" if args.public else "--output", args.force)
     passphrase = _passphrase(args.passphrase_env)
     identifier = write_keypair(private, public, passphrase=passphrase, overwrite=args.force)
     rows = [
@@ -57,6 +63,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"Sign with: mlwarden sign PATH... --key {private}")
     print(f"Verify with: mlwarden verify MANIFEST --key {public}")
     return 0
+
+
+def _check_key_file(path: Path, option: str, force: bool) -> None:
+    """Reject a key path that cannot be written, or that exists when --force is not given, before any key is made."""
+    check_output_path(path, "keygen", name=option)
+    if path.is_dir():
+        raise ParameterError(f"keygen: {option} {str(path)!r} is a folder; pass a file path", value=str(path))
+    if path.exists() and not force:
+        raise ParameterError(
+            f"keygen: {str(path)!r} already exists; pass --force to replace it, or choose another {option}",
+            value=str(path),
+        )
 
 
 def _passphrase(variable: str | None) -> bytes | None:

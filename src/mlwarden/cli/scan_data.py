@@ -19,6 +19,7 @@ from ..data.labeled_files import LabeledFile, open_labeled_file
 from ..defenses.poisoning import POISON_DETECTORS, DataScanner, ScanConfig, Shard, extract_features
 from ..defenses.poisoning.scan_output import summary_table, write_scan_outputs
 from ..assess.engines.base import ENGINE_NAMES
+from .._validation import check_output_path
 from ..errors import ParameterError
 
 __all__ = ["register", "run"]
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             raise ParameterError(f"--detectors: unknown detector {name!r}; choose from {', '.join(POISON_DETECTORS)}", value=name)
     if args.shard_size < 1:
         raise ParameterError(f"--shard-size must be at least 1, got {args.shard_size}", value=args.shard_size)
+    # Check the output folder before the scan, which can take long, so a bad path fails at once.
+    check_output_path(args.output or _default_output(args.path), "scan-data", folder=True)
     config = ScanConfig(
         detectors=detectors,
         fit_samples=args.fit_samples,
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         )
     shards = _ShardSource(data, args.shard_size, model, args.layer)
     report = DataScanner(config, progress=None).scan(shards, class_names=data.class_names)
-    output = args.output or Path(f"scan-{args.path.stem or args.path.name}")
+    output = args.output or _default_output(args.path)
     source = {"path": str(args.path), "format": data.format, "model": args.model or "raw values", "detectors": ",".join(detectors)}
     paths = write_scan_outputs(report, output, source=source)
 
@@ -158,7 +161,7 @@ def _run_on_engine(args: argparse.Namespace, config: ScanConfig, detectors: tupl
         workers=args.workers,
         partition_size=args.shard_size,
     )
-    output = args.output or Path(f"scan-{args.path.stem or args.path.name}")
+    output = args.output or _default_output(args.path)
     source = {
         "path": str(args.path),
         "format": f"{dataset.format} shards",
@@ -170,6 +173,10 @@ def _run_on_engine(args: argparse.Namespace, config: ScanConfig, detectors: tupl
     _print_table(summary_table(report))
     print(f"{report.summary['flagged']} of {report.summary['rows']} rows flagged; wrote {paths['suspects']} and {paths['markdown']}")
     return 0
+
+
+def _default_output(path: Path) -> Path:
+    return Path(f"scan-{path.stem or path.name}")
 
 
 def _feature_model(spec: str) -> torch.nn.Module:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .._validation import check_output_path
 from ..errors import ParameterError
 from ..integrity.hashing import DEFAULT_CHUNK_SIZE
 from ..integrity.keys import key_id, load_private_key
@@ -49,6 +50,14 @@ def run(args: argparse.Namespace) -> int:
         if not value:
             raise ParameterError(f"sign: environment variable {args.passphrase_env} is not set or empty", value=args.passphrase_env)
         passphrase = value.encode("utf-8")
+    # Check the output before the base folder is derived from it and before any file is hashed.
+    check_output_path(args.output, "sign")
+    if args.output.is_dir():
+        raise ParameterError(
+            f"sign: --output {str(args.output)!r} is a folder; pass a file name such as "
+            f"{str(args.output / 'mlwarden-manifest.json')!r}",
+            value=str(args.output),
+        )
     private_key = load_private_key(args.key, passphrase)
     base = args.base if args.base is not None else args.output.resolve().parent
     chunk_size = int(args.chunk_size * 2**20)

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .._validation import check_output_path
 from ..errors import ParameterError
 
 __all__ = [
@@ -69,10 +70,14 @@ def write_keypair(
     Raises
     ------
     ParameterError
-        If a file exists and ``overwrite`` is False.
+        If a file exists and ``overwrite`` is False, a path is a folder, or a
+        parent of a path is a file. Nothing is written then.
     """
     private_path, public_path = Path(private_path), Path(public_path)
     for path in (private_path, public_path):
+        check_output_path(path, "write_keypair", name="key file")
+        if path.is_dir():
+            raise ParameterError(f"write_keypair: key file {str(path)!r} is a folder; pass a file path", value=str(path))
         if path.exists() and not overwrite:
             raise ParameterError(
                 f"write_keypair: {str(path)!r} already exists; choose another path or pass overwrite=True",
@@ -102,8 +107,11 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = No
     """
     path = Path(path)
     data = _read_key_file(path, "load_private_key")
-    if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("private key %s can be read by other users; run chmod 600 on it", path)
+    if b"PRIVATE KEY" not in data and b"PUBLIC KEY" in data:
+        raise ParameterError(
+            f"load_private_key: {str(path)!r} is a public key; give the private key (the .key file from keygen)",
+            value=str(path),
+        )
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError as error:
@@ -121,6 +129,9 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = No
             "make one with `mlwarden keygen`",
             value=str(path),
         )
+    # Warn only once the file is known to be a private key, so a wrong file gets its error alone.
+    if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("private key %s can be read by other users; run chmod 600 on it", path)
     return key
 
 

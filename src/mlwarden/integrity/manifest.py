@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .._validation import check_output_path
 from ..errors import IntegrityError, ParameterError
 from .hashing import DEFAULT_CHUNK_SIZE, FileDigest, hash_file
 from .keys import key_id, verify_signature
@@ -277,8 +278,16 @@ def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> dict[st
 
 
 def write_manifest(manifest: Manifest, private_key: Ed25519PrivateKey, output: str | os.PathLike[str]) -> Path:
-    """Sign ``manifest`` and write it to ``output`` as indented JSON; return the path."""
-    output = Path(output)
+    """Sign ``manifest`` and write it to ``output`` as indented JSON; return the path.
+
+    Raises
+    ------
+    ParameterError
+        If ``output`` is a folder or a parent of it is a file.
+    """
+    output = check_output_path(output, "write_manifest", name="manifest path")
+    if output.is_dir():
+        raise ParameterError(f"write_manifest: manifest path {str(output)!r} is a folder; pass a file path", value=str(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     document = sign_manifest(manifest, private_key)
     output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -315,11 +324,20 @@ def verify_manifest(
     Raises
     ------
     ParameterError
-        If the manifest file does not exist.
+        If the manifest file does not exist or is not a manifest. A file is not
+        a manifest when it does not start with a JSON object, when it is not
+        valid JSON and does not name the manifest schema, or when it is JSON
+        without a ``manifest`` or ``signature`` field. A file that claims to be
+        a manifest but fails the checks is reported as not intact instead.
     """
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
         raise ParameterError(f"verify_manifest: {str(manifest_path)!r} not found; give a manifest written by `mlwarden sign`", value=str(manifest_path))
+    with manifest_path.open("rb") as stream:
+        # Only the head is read, so a model file passed by mistake is rejected without reading all of it.
+        head = stream.read(4096)
+    if not head.lstrip().startswith(b"{"):
+        raise _not_a_manifest(manifest_path, "it does not start with a JSON object")
     report = VerificationReport(str(manifest_path), False, "")
     try:
         manifest, signer = _read_signed(manifest_path, public_key)
@@ -339,12 +357,26 @@ def verify_manifest(
     return report
 
 
+def _not_a_manifest(path: Path, reason: str) -> ParameterError:
+    return ParameterError(
+        f"verify_manifest: {str(path)!r} is not a manifest because {reason}; a manifest is the signed JSON file "
+        f"(schema {SCHEMA!r}) that `mlwarden sign PATH... --key KEY --output FILE` writes, so pass that file",
+        value=str(path),
+    )
+
+
 def _read_signed(path: Path, public_key: Ed25519PublicKey) -> tuple[Manifest, str]:
+    data = path.read_bytes()
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
+        if SCHEMA.rsplit("/", 1)[0].encode("ascii") not in data:
+            raise _not_a_manifest(path, "it is not valid JSON") from None
+        # A damaged file that still names the schema is a manifest that was altered.
         raise IntegrityError(f"manifest is not valid JSON: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("signature"), dict):
+    if not isinstance(document, dict) or not {"manifest", "signature"} & set(document):
+        raise _not_a_manifest(path, "it has neither a 'manifest' nor a 'signature' field")
+    if not isinstance(document.get("signature"), dict):
         raise IntegrityError("manifest has no 'signature' object")
     signature = document["signature"]
     if signature.get("algorithm") != "ed25519":
@@ -380,8 +412,12 @@ def _check_entry(entry: ManifestEntry, base: Path, chunk_size: int, progress: An
         return FileCheck(entry.path, FileStatus.OK)
     changed = [index for index, (new, old) in enumerate(zip(digest.chunk_hashes, entry.chunk_hashes)) if new != old]
     if changed:
+        # The manifest keeps only hashes, so the change is located to a chunk, not to a byte.
         first = changed[0] * chunk_size
-        detail = f"content differs in {len(changed)} of {len(entry.chunk_hashes)} chunks, first at byte {first}"
+        detail = (
+            f"content differs in {len(changed)} of {len(entry.chunk_hashes)} chunks of {chunk_size} bytes; "
+            f"the first changed chunk starts at byte {first}"
+        )
     else:
         detail = "content differs"
     return FileCheck(entry.path, FileStatus.CHANGED, detail)
