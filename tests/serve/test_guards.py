@@ -169,6 +169,20 @@ def test_oversized_and_malformed_inputs_get_4xx(start_service, small_batch: tupl
         assert client.post("/v1/predict", json=_inputs(images[:2])).status_code == 200
 
 
+def test_deeply_nested_json_gets_422(shared_service: RunningService, caplog: pytest.LogCaptureFixture) -> None:
+    body = b'{"inputs":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    token = shared_service.key("predict", "ingest")
+    with caplog.at_level("WARNING"), shared_service.client(token) as client:
+        for path in ("/v1/predict", "/v1/ingest"):
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, f"{path}: {response.status_code} {response.text[:200]}"
+            assert "nests" in response.json()["detail"]
+    rejections = [record for record in caplog.records if getattr(record, "event", None) == "request.rejected"]
+    assert len(rejections) == 2
+    assert all("nested too deeply" in record.getMessage() for record in rejections)
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+
+
 def test_png_inputs_match_array_inputs(shared_service: RunningService, small_batch: tuple) -> None:
     images, _ = small_batch
     with shared_service.client(shared_service.key("predict")) as client:

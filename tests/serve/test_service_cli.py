@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mlwarden.cli import attack as attack_cli
 from mlwarden.cli.main import main
 from mlwarden.integrity import DeviceKey
 from mlwarden.models.zoo import PRETRAINED, WEIGHTS_DIR
@@ -66,7 +67,10 @@ def test_serve_rejects_tampered_weights(tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
-    command = [sys.executable, "-m", "mlwarden.cli.main", "serve", "--model", str(weights), "--db", str(tmp_path / "s.db"), "--port", "9"]
+    database = tmp_path / "s.db"
+    with ServiceDatabase(database):
+        pass
+    command = [sys.executable, "-m", "mlwarden.cli.main", "serve", "--model", str(weights), "--db", str(database), "--port", "9"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2
     assert "SHA-256" in finished.stderr
@@ -101,3 +105,28 @@ def test_attack_flood_rejects_remote_url(capsys: pytest.CaptureFixture[str], res
 def test_attack_needs_url_or_drill(capsys: pytest.CaptureFixture[str], restore_serve_logging) -> None:
     assert main(["attack", "keys"]) == 2
     assert "--compare-guards" in capsys.readouterr().err
+
+
+def test_keys_missing_database_exit_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database = tmp_path / "nosuch.db"
+    for action in (["list"], ["devices"], ["revoke", "0" * 12], ["clear", "0" * 12], ["revoke-device", "drone-1"]):
+        assert main(["keys", *action, "--db", str(database)]) == 2
+        error = capsys.readouterr().err
+        assert f"database {str(database)!r} not found" in error
+        assert "mlwarden keys create" in error
+        assert not database.exists()
+
+
+def test_serve_missing_database_exit_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database = tmp_path / "nosuch.db"
+    # The unknown model makes the command fail fast, rather than serve, should the database check be missing.
+    assert main(["serve", "--db", str(database), "--port", "9", "--model", "no-such-model"]) == 2
+    assert f"database {str(database)!r} not found" in capsys.readouterr().err
+    assert not database.exists()
+
+
+def test_attack_table_shows_whole_reason() -> None:
+    reason = "the service refused the request with 403: this key is blocked by the extraction monitor; ask an operator"
+    rows = [{"configuration": "http://127.0.0.1:9", "outcome": {"queries": 0, "stopped": reason}, "service": {}}]
+    assert reason in attack_cli._table("extraction", rows)
+    assert reason in attack_cli._table("evasion", rows)

@@ -135,10 +135,8 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _short(text: str | None, width: int = 48) -> str:
-    if not text:
-        return "-"
-    return text if len(text) <= width else text[: width - 3] + "..."
+def _reason(text: str | None) -> str:
+    return text or "-"
 
 
 def _table(name: str, rows: list[dict[str, Any]]) -> str:
@@ -150,12 +148,12 @@ def _table(name: str, rows: list[dict[str, Any]]) -> str:
         if name == "extraction":
             lines.append([
                 row["configuration"], outcome.get("queries"), _percent(outcome.get("agreement")),
-                _percent(outcome.get("accuracy")), "-" if alerts is None else alerts, _short(outcome.get("stopped")),
+                _percent(outcome.get("accuracy")), "-" if alerts is None else alerts, _reason(outcome.get("stopped")),
             ])
         elif name == "evasion":
             lines.append([
                 row["configuration"], outcome.get("samples"), _percent(outcome.get("success_rate")), outcome.get("queries"),
-                "-" if alerts is None else alerts, _short(outcome.get("stopped")),
+                "-" if alerts is None else alerts, _reason(outcome.get("stopped")),
             ])
         elif name == "keys":
             statuses: dict[str, int] = {}

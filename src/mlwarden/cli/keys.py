@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import ParameterError
 from ..integrity import DeviceKey
 from ..serve.database import ServiceDatabase
 from ..serve.ingest import DeviceRegistry
@@ -66,7 +67,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# Actions that write key records and so may start a new database; the others need an existing one.
+_CREATING_ACTIONS = ("create", "add-device")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action not in _CREATING_ACTIONS and not args.db.exists():
+        raise ParameterError(
+            f"keys {args.action}: database {str(args.db)!r} not found; check --db, or create the database with "
+            f"`mlwarden keys create --db {args.db} --scope predict`",
+            value=str(args.db),
+        )
     with ServiceDatabase(args.db) as database:
         keys = KeyStore(database)
         registry = DeviceRegistry(database)

@@ -143,6 +143,13 @@ def _fit_detector(name: str, model: ServedModel, data: str, samples: int) -> Adv
 
 
 def run(args: argparse.Namespace) -> int:
+    if "auth" in parse_guards(args.guards) and not args.db.exists():
+        # A new database contains no API key, so a server that checks keys would reject every request.
+        raise ParameterError(
+            f"serve: database {str(args.db)!r} not found, so no API key could authenticate; check --db, or create a key "
+            f"with `mlwarden keys create --db {args.db} --scope predict` first",
+            value=str(args.db),
+        )
     configure_logging(logging.INFO, json_format=args.log_format == "json")
     if not 0 < args.port < 65536:
         raise ParameterError(f"--port must be in 1..65535, got {args.port}", value=args.port)

@@ -67,11 +67,17 @@ class InputSpec:
 
 
 def decode_json(body: bytes) -> Any:
-    """Parse a JSON body; NaN and infinities are invalid JSON and rejected here."""
+    """Parse a JSON body; NaN and infinities are invalid JSON and rejected here.
+
+    Arrays or objects nested deeper than the interpreter's recursion limit
+    (about 1,000 levels) are rejected too. A valid request nests only a few levels.
+    """
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadError(422, "the body is not valid JSON", f"invalid JSON: {error}") from None
+    except RecursionError:
+        raise PayloadError(422, "the body nests arrays or objects too deeply", "invalid JSON: nested too deeply") from None
 
 
 def _reject_constant(name: str) -> float:
