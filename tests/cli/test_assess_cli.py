@@ -138,9 +138,9 @@ def test_output_under_a_file_rejected(tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("")
     assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(blocker)]) == 2
-    assert "is a file, not a directory" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(blocker / "sub")]) == 2
-    assert f"because {blocker} is a file" in capsys.readouterr().err
+    assert f"because its parent {str(blocker)!r} is a file" in capsys.readouterr().err
 
 
 def test_label_outside_model_classes_blamed_on_data(tmp_path, fashion_test, capsys):

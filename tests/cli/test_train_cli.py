@@ -60,7 +60,7 @@ def test_train_checks_output_before_training(tmp_path, capsys):
     blocker.write_text("")
     assert main(["train", "--epochs", "1", "--output", str(blocker / "x.safetensors")]) == 2
     captured = capsys.readouterr()
-    assert f"because {blocker} is a file" in captured.err
+    assert f"because its parent {str(blocker)!r} is a file" in captured.err
     assert "epoch" not in captured.out
 
 

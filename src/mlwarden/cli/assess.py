@@ -11,13 +11,13 @@ import yaml
 from ..assess import AttackSpec, DefenseSpec, Plan, load_plan, parse_spec, write_results
 from ..assess.engines import ENGINE_NAMES, UNITS_FOLDER, run_plan
 from ..assess.poisoning import split_attack_specs, split_defense_specs
+from .._validation import check_output_path
 from ..errors import ParameterError
 from ..attacks.registry import ATTACKS, DEFAULT_ATTACKS, get_attack_entry
 from ..defenses.registry import get_defense_entry
 from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
 from ..report.defenses import defense_matrix
 from ..report.poisoning import poisoning_table
-from ._paths import check_output_dir
 
 __all__ = ["register", "run", "build_plan"]
 
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         # Resume the plan of the interrupted run; options on the command line still override it.
         args.plan = args.resume / PLAN_FILE
     plan = build_plan(args)
-    output = check_output_dir(Path(plan.output))
+    output = check_output_path(plan.output, "assess", folder=True)
     if args.resume is not None:
         if not args.resume.is_dir():
             raise ParameterError(f"--resume {args.resume}: directory not found", value=str(args.resume))
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             raise ParameterError(
                 f"--resume {args.resume} writes its results there; drop --output {args.output}", value=str(args.output)
             )
-        output = check_output_dir(args.resume, "--resume")
+        output = check_output_path(args.resume, "assess", name="--resume", folder=True)
     output.mkdir(parents=True, exist_ok=True)
     (output / PLAN_FILE).write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False))
     results = run_plan(

@@ -8,13 +8,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from .._validation import check_output_path
 from ..data import load_dataset
 from ..defenses.evasion.adversarial_training import build_training_defense
 from ..errors import ParameterError
 from ..models import TrainingConfig, build, save_weights, train_model
 from ..models.training import EpochRecord
 from ..models.zoo import ARCHITECTURES
-from ._paths import check_output_file
 
 __all__ = ["register", "run"]
 
@@ -54,7 +54,12 @@ def _print_epoch(record: EpochRecord) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_file(args.output)
+    if Path(args.output).is_dir():
+        raise ParameterError(
+            f"train: --output {args.output} is a folder; pass a file name such as {Path(args.output) / 'model.safetensors'}",
+            value=str(args.output),
+        )
+    check_output_path(args.output, "train")
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     defense = build_training_defense(args.defense, seed=args.seed) if args.defense else None
     train = load_dataset(args.data, "train")
