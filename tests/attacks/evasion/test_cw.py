@@ -90,3 +90,11 @@ def test_targeted_reaches_target(lenet, batch):
 def test_invalid_settings_rejected(bad):
     with pytest.raises(ParameterError):
         CW(**bad)
+
+
+def test_unsuccessful_samples_continue_between_searches(lenet, fashion_test):
+    # Runs of 10 steps each reach the boundary only when they build on each other.
+    inputs, labels = fashion_test.images[:64], fashion_test.labels[:64]
+    result = CW(steps=10, binary_search_steps=5, initial_const=1.0)(lenet, inputs, labels)
+    assert result.success_rate > 0.8
+    assert bool((result.l2[result.success & result.attacked] > 0).all())
