@@ -143,7 +143,7 @@ def test_output_under_a_file_rejected(tmp_path, capsys):
     assert f"because its parent {str(blocker)!r} is a file" in capsys.readouterr().err
 
 
-def test_label_outside_model_classes_blamed_on_data(tmp_path, fashion_test, capsys):
+def test_out_of_range_label_blames_data(tmp_path, fashion_test, capsys):
     import gzip
     import struct
 

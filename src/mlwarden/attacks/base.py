@@ -265,7 +265,7 @@ def _round_into_budget(adversarial: torch.Tensor, inputs: torch.Tensor, eps: flo
     place, so a projected L-inf perturbation of 0.1 can measure 0.10000002.
     Each pass moves the offending values one representable step toward the
     input (L-inf) or shrinks the offending perturbations by a relative 1e-6
-    (L2); bounds stay respected because both moves go toward the input.
+    (L2). Bounds stay respected because both moves go toward the input.
     """
     for _ in range(4):
         delta = adversarial - inputs

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<12} {ATTACKS[name].summary}")
         return 0
     if args.resume is not None and args.plan is None and (args.resume / PLAN_FILE).is_file():
-        # Resume the plan of the interrupted run; options on the command line still override it.
+        # Resume the plan of the interrupted run. Options on the command line still override it.
         args.plan = args.resume / PLAN_FILE
     plan = build_plan(args)
     output = check_output_path(plan.output, "assess", folder=True)

@@ -92,7 +92,7 @@ def test_invalid_settings_rejected(bad):
         CW(**bad)
 
 
-def test_unsuccessful_samples_continue_between_searches(lenet, fashion_test):
+def test_failed_samples_continue_searching(lenet, fashion_test):
     # Runs of 10 steps each reach the boundary only when they build on each other.
     inputs, labels = fashion_test.images[:64], fashion_test.labels[:64]
     result = CW(steps=10, binary_search_steps=5, initial_const=1.0)(lenet, inputs, labels)

@@ -17,7 +17,7 @@ bisects the interval above.
 A sample that has been adversarial in some run starts the next run from
 the original input, to look for a closer example. A sample that has never
 been adversarial continues from its last iterate, so its runs add up to one
-long descent with a growing constant: on 64 Fashion-MNIST images with runs
+long descent with a growing constant. On 64 Fashion-MNIST images with runs
 of 10 steps, this raised the success rate from 35% to 91%. The result of a
 sample is the adversarial iterate of smallest L2 norm over all runs.
 
@@ -168,7 +168,7 @@ class CarliniWagnerL2(EvasionAttack):
                 model, inputs, labels, targets, origin, const, bounds, counter, best, best_distance
             )
             # A sample that has never been adversarial continues from where its run ended, with a
-            # larger constant; the others restart from the input to search for a closer example.
+            # larger constant. The others restart from the input to search for a closer example.
             origin = torch.where(best_distance.isinf().view(-1, *([1] * (start.dim() - 1))), last, start)
             upper = torch.where(succeeded, torch.minimum(upper, const), upper)
             lower = torch.where(succeeded, lower, torch.maximum(lower, const))
