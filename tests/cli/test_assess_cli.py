@@ -171,4 +171,30 @@ def test_targeted_results_record_targets(tmp_path):
     assert len(per_sample["target"]) == 40
     for target, prediction, success in zip(per_sample["target"], per_sample["prediction"], per_sample["success"]):
         assert bool(success) == (prediction == target)
-    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == (tmp_path / "report.md").stat().st_mode & 0o777
+
+
+def test_rejected_setting_keeps_saved_plan(tmp_path, capsys):
+    assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(tmp_path)]) == 0
+    saved = (tmp_path / "plan.yaml").read_text()
+    assert main(["assess", "--attack", "bim:steps=-1", "--limit", "20", "--output", str(tmp_path)]) == 2
+    assert "steps" in capsys.readouterr().err
+    assert (tmp_path / "plan.yaml").read_text() == saved
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("folder", "is a folder"), ("binary", "is not UTF-8 text")])
+def test_unreadable_plan_rejected(kind, expected, tmp_path, capsys):
+    plan = tmp_path / "plan"
+    if kind == "folder":
+        plan.mkdir()
+    else:
+        plan.write_bytes(b"\xff\xfe\x00attacks")
+    assert main(["assess", "--plan", str(plan)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_rerun_without_sweep_removes_stale_curves(tmp_path):
+    assert main(["assess", "--attack", "deepfool", "--limit", "20", "--output", str(tmp_path)]) == 0
+    assert (tmp_path / "robustness-curves.png").exists()
+    assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(tmp_path)]) == 0
+    assert not (tmp_path / "robustness-curves.png").exists()

@@ -66,8 +66,19 @@ def test_mismatched_weights_named_in_one_line(tmp_path, lenet):
         resolve_model("mlwarden.models.lenet:LeNet5", weights=str(path))
     message = str(caught.value)
     assert "\n" not in message
-    assert "1 tensors differ in shape, first 'classifier.weight': (3, 3) in the file" in message
-    assert "1 tensors missing from the file, first 'classifier.bias'" in message
+    assert "1 tensor differs in shape, first 'classifier.weight': (3, 3) in the file" in message
+    assert "1 tensor missing from the file, first 'classifier.bias'" in message
+
+
+def test_junk_weights_rejected_in_one_line(tmp_path):
+    path = tmp_path / "junk.bin"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ModelError) as caught:
+        resolve_model("mlwarden.models.lenet:LeNet5", weights=str(path))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "weights_only=False" not in message
+    assert "cannot load" in message
 
 
 def test_pickle_that_is_not_torchscript_rejected(tmp_path):

@@ -204,6 +204,10 @@ def load_plan(path: str | Path) -> Plan:
         document = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise PlanError(f"plan file not found: {path}", value=str(path)) from None
+    except IsADirectoryError:
+        raise PlanError(f"plan {path} is a folder; pass a YAML file", value=str(path)) from None
+    except UnicodeDecodeError:
+        raise PlanError(f"plan {path} is not UTF-8 text; pass a YAML file", value=str(path)) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"

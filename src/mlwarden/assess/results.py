@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PlanError
 
-__all__ = ["SCHEMA", "write_results", "read_results"]
+__all__ = ["SCHEMA", "write_results", "read_results", "file_mode"]
 
 SCHEMA = "mlwarden.results/1"
 
@@ -31,13 +31,20 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def file_mode() -> int:
+    """Return the mode that ``open()`` gives a new file under the process's umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_results(results: dict[str, Any], directory: str | Path) -> Path:
     """Write ``results.json`` into ``directory`` atomically and return its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "results.json"
     handle, temporary = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=directory)
-    os.fchmod(handle, 0o644)  # mkstemp creates 0600; results are as readable as the report beside them
+    os.fchmod(handle, file_mode())  # mkstemp creates 0600; give the mode that open() would give
     with os.fdopen(handle, "w") as stream:
         json.dump(_finite(results), stream, indent=1)
         stream.write("\n")

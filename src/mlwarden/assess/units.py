@@ -43,6 +43,7 @@ from .._validation import check_int
 from ..attacks.registry import get_attack_entry
 from ..errors import PlanError
 from .plan import AttackSpec, DefenseSpec, Plan
+from .results import file_mode
 from .seeds import attack_identity, derive_seed
 
 __all__ = [
@@ -251,7 +252,7 @@ def write_unit(directory: str | Path, unit: WorkUnit, document: dict[str, Any]) 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{unit.id}.{unit.key[:8]}{_UNIT_SUFFIX}"
     handle, temporary = tempfile.mkstemp(prefix=".unit-", suffix=".json", dir=directory)
-    os.fchmod(handle, 0o644)  # mkstemp creates 0600; results are as readable as the report beside them
+    os.fchmod(handle, file_mode())  # mkstemp creates 0600; give the mode that open() would give
     with os.fdopen(handle, "w") as stream:
         json.dump(document, stream, separators=(",", ":"))
     os.replace(temporary, path)

@@ -12,7 +12,7 @@ from ..assess import AttackSpec, DefenseSpec, Plan, load_plan, parse_spec, write
 from ..assess.engines import ENGINE_NAMES, UNITS_FOLDER, run_plan
 from ..assess.poisoning import split_attack_specs, split_defense_specs
 from .._validation import check_output_path
-from ..errors import ParameterError
+from ..errors import ParameterError, PlanError
 from ..attacks.registry import ATTACKS, DEFAULT_ATTACKS, get_attack_entry
 from ..defenses.registry import get_defense_entry
 from ..report import ATTACK_COLUMNS, attack_rows, format_table, render_report
@@ -126,7 +126,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
             print(f"plan {args.plan} names no attacks: running the defaults {', '.join(DEFAULT_ATTACKS)}", file=sys.stderr)
         plan = plan.updated(attacks=tuple(AttackSpec(name) for name in DEFAULT_ATTACKS))
     for spec in split_attack_specs(plan.attacks)[0]:
-        get_attack_entry(spec.name)
+        # Build each attack once, so that a bad setting fails before plan.yaml of an earlier run is replaced.
+        try:
+            get_attack_entry(spec.name).build(dict(spec.settings))
+        except TypeError as error:
+            raise PlanError(f"attack {spec.label()!r}: {error}", value=spec.label()) from None
     return plan
 
 

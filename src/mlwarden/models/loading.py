@@ -149,9 +149,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for unsafe or corrupt files
+        logger.debug("torch.load(weights_only=True) failed on %s: %s", path, error)
         raise ModelError(
-            f"cannot load {path} as a state dict with torch.load(weights_only=True): {error}. Files that need "
-            "arbitrary code to load are rejected; save the weights with safetensors or torch.save(model.state_dict())",
+            f"cannot load {path} as a state dict: it is corrupt or needs code to load. mlwarden loads weights only with "
+            "torch.load(weights_only=True) and rejects files that need code to load; save the weights with "
+            "safetensors or torch.save(model.state_dict())",
             value=str(path),
         ) from None
     if not isinstance(state, dict):

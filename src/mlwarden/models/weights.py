@@ -137,11 +137,15 @@ def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
     if shapes:
         key = shapes[0]
         parts.append(
-            f"{len(shapes)} tensors differ in shape, first {key!r}: {tuple(state[key].shape)} in the file, "
+            f"{_count(len(shapes))} {'differs' if len(shapes) == 1 else 'differ'} in shape, first {key!r}: {tuple(state[key].shape)} in the file, "
             f"{tuple(own[key].shape)} in the model"
         )
     if missing:
-        parts.append(f"{len(missing)} tensors missing from the file, first {missing[0]!r}")
+        parts.append(f"{_count(len(missing))} missing from the file, first {missing[0]!r}")
     if unexpected:
-        parts.append(f"{len(unexpected)} tensors unknown to the model, first {unexpected[0]!r}")
+        parts.append(f"{_count(len(unexpected))} unknown to the model, first {unexpected[0]!r}")
     return ", ".join(parts) or "the state dict does not load"
+
+
+def _count(number: int) -> str:
+    return f"{number} tensor" if number == 1 else f"{number} tensors"

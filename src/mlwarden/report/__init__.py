@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .curves import render_robustness_section
+from .curves import CURVES_FILE, render_robustness_section
 from .figures import render_figures
 from .markdown import render_markdown
 from .table import ATTACK_COLUMNS, attack_rows, format_table
@@ -23,5 +23,8 @@ def render_report(results: dict[str, Any], directory: str | Path) -> Path:
         if stale.name not in current:
             stale.unlink()
     path = directory / "report.md"
-    path.write_text(render_markdown(results, figures) + render_robustness_section(results, directory))
+    curves = render_robustness_section(results, directory)
+    if CURVES_FILE not in curves and (directory / CURVES_FILE).exists():
+        (directory / CURVES_FILE).unlink()
+    path.write_text(render_markdown(results, figures) + curves)
     return path
