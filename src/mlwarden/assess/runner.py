@@ -205,8 +205,11 @@ def run_attack(
     if "target" in call and call["target"] is not None:
         targets = _shard_targets(call["target"], data, seed, clean_logits, start, stop, context.batch_size, model)
     prepare = getattr(attack, "prepare", None)
+    fitting_seconds = 0.0
     if callable(prepare):
+        began = time.perf_counter()
         prepare(model, context)
+        fitting_seconds = time.perf_counter() - began
 
     budgets = call.get("eps")
     budget_list = budgets if isinstance(budgets, (list, tuple)) else [budgets]
@@ -228,6 +231,10 @@ def run_attack(
             "per_sample": per_sample_record(result),
             "examples": _examples(result, offset=start),
         }
+        if not records:
+            # The fit is shared by every budget of a sweep, so only the first record pays for it.
+            record["fitting_seconds"] = fitting_seconds
+            record["seconds"] += fitting_seconds
         logger.info(
             "%s: accuracy %.4f, success rate %.4f, %.1f s", record["label"], record["accuracy"], record["success_rate"], record["seconds"]
         )

@@ -92,6 +92,9 @@ def test_cli_reports_transfer_fitting_queries(tmp_path):
     (record,) = read_results(output)["attacks"]
     assert record["settings"]["labels"] == "queries"
     assert record["fitting_queries"] == 200
+    # The time column includes the surrogate's training.
+    assert record["fitting_seconds"] > 0
+    assert record["seconds"] >= record["fitting_seconds"]
     # The per-sample count stays 0: the surrogate, not the target, is attacked.
     assert record["queries_per_sample"]["median"] == 0
     report = (output / "report.md").read_text()
