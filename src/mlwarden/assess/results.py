@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PlanError
 
-__all__ = ["SCHEMA", "write_results", "read_results", "file_mode"]
+__all__ = ["SCHEMA", "write_results", "read_results", "write_json_atomically"]
 
 SCHEMA = "mlwarden.results/1"
 
@@ -31,25 +31,28 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def file_mode() -> int:
-    """Return the mode that ``open()`` gives a new file under the process's umask (0644 under umask 022)."""
+def write_json_atomically(path: Path, document: Any, **dump_options: Any) -> Path:
+    """Write ``document`` as JSON to ``path`` through a temporary file, so a crash never leaves half a file.
+
+    The file gets the mode that ``open()`` would give under the process's
+    umask (0644 under umask 022), not the 0600 of a temporary file.
+    """
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    os.fchmod(handle, 0o666 & ~mask)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(document, stream, **dump_options)
+        stream.write("\n")
+    os.replace(temporary, path)
+    return path
 
 
 def write_results(results: dict[str, Any], directory: str | Path) -> Path:
     """Write ``results.json`` into ``directory`` atomically and return its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "results.json"
-    handle, temporary = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=directory)
-    os.fchmod(handle, file_mode())  # mkstemp creates 0600; give the mode that open() would give
-    with os.fdopen(handle, "w") as stream:
-        json.dump(_finite(results), stream, indent=1)
-        stream.write("\n")
-    os.replace(temporary, path)
-    return path
+    return write_json_atomically(directory / "results.json", _finite(results), indent=1)
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from .._validation import check_int
 from ..attacks.registry import get_attack_entry
 from ..errors import PlanError
 from .plan import AttackSpec, DefenseSpec, Plan
-from .results import file_mode
+from .results import write_json_atomically
 from .seeds import attack_identity, derive_seed
 
 __all__ = [
@@ -251,12 +249,7 @@ def write_unit(directory: str | Path, unit: WorkUnit, document: dict[str, Any]) 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{unit.id}.{unit.key[:8]}{_UNIT_SUFFIX}"
-    handle, temporary = tempfile.mkstemp(prefix=".unit-", suffix=".json", dir=directory)
-    os.fchmod(handle, file_mode())  # mkstemp creates 0600; give the mode that open() would give
-    with os.fdopen(handle, "w") as stream:
-        json.dump(document, stream, separators=(",", ":"))
-    os.replace(temporary, path)
-    return path
+    return write_json_atomically(path, document, separators=(",", ":"))
 
 
 def read_unit_files(directory: str | Path, keys: set[str] | None) -> dict[str, dict[str, Any]]:
