@@ -14,7 +14,7 @@ def input_gradient(model: nn.Module, inputs: torch.Tensor, fast: bool) -> torch.
     inputs = inputs.clone().requires_grad_(True)
     if not fast:
         return torch.autograd.grad(model(inputs).square().sum(), inputs)[0]
-    with fast_layers():
+    with fast_layers(always=True):
         return torch.autograd.grad(model(inputs).square().sum(), inputs)[0]
 
 
@@ -23,7 +23,7 @@ def test_lenet_logits_and_gradient_unchanged(lenet, small_batch):
     inputs = inputs.clone().requires_grad_(True)
     logits = lenet(inputs)
     (expected,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), inputs)
-    with fast_layers():
+    with fast_layers(always=True):
         fast_logits = lenet(inputs)
         (fast,) = torch.autograd.grad(F.cross_entropy(fast_logits, labels, reduction="sum"), inputs)
     assert torch.allclose(fast_logits, logits, atol=1e-5)
@@ -34,7 +34,7 @@ def test_prediction_without_gradient_unchanged(lenet, small_batch):
     inputs, _ = small_batch
     with torch.no_grad():
         expected = lenet(inputs)
-        with fast_layers():
+        with fast_layers(always=True):
             fast = lenet(inputs)
     assert torch.allclose(fast, expected, atol=1e-5)
 
@@ -64,7 +64,7 @@ def test_weight_gradients_still_computed():
     layer = nn.Conv2d(1, 4, 5, padding=2)
     inputs = torch.rand(2, 1, 10, 10, requires_grad=True)
     expected = torch.autograd.grad(layer(inputs).square().sum(), [inputs, layer.weight, layer.bias])
-    with fast_layers():
+    with fast_layers(always=True):
         fast = torch.autograd.grad(layer(inputs).square().sum(), [inputs, layer.weight, layer.bias])
     for got, want in zip(fast, expected):
         assert torch.allclose(got, want, atol=1e-5)
@@ -78,7 +78,7 @@ def test_pooling_with_ties_matches(size):
     weights = torch.rand(2, 3, size[0] // 2, size[1] // 2)
     expected_output = F.max_pool2d(inputs, 2)
     (expected,) = torch.autograd.grad((expected_output * weights).sum(), inputs)
-    with fast_layers():
+    with fast_layers(always=True):
         output = F.max_pool2d(inputs, 2)
         (fast,) = torch.autograd.grad((output * weights).sum(), inputs)
     assert output.grad_fn.name() == _MaxPool2x2.__name__ + "Backward"
@@ -98,7 +98,7 @@ def test_pooling_with_ties_matches(size):
 )
 def test_other_pooling_left_to_torch(call):
     inputs = torch.rand(1, 2, 9, 9, requires_grad=True)
-    with fast_layers():
+    with fast_layers(always=True):
         output = F.max_pool2d(inputs, **call)
     assert output.grad_fn.name() != _MaxPool2x2.__name__ + "Backward"
     assert torch.equal(output, F.max_pool2d(inputs, **call))
@@ -108,7 +108,7 @@ def test_convolution_rewritten_only_where_it_fits():
     torch.manual_seed(0)
     for layer, rewritten in [(nn.Conv2d(1, 4, 3, padding=1), True), (nn.Conv2d(1, 4, 3, stride=2), False)]:
         inputs = torch.rand(2, 1, 8, 8, requires_grad=True)
-        with fast_layers():
+        with fast_layers(always=True):
             output = layer(inputs)
         assert (output.grad_fn.name() == _InputGradientConvolution.__name__ + "Backward") == rewritten
 
@@ -118,3 +118,26 @@ def test_model_left_unchanged(lenet):
     input_gradient(lenet, torch.rand(2, 1, 28, 28), True)
     after = lenet.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_in_place_layer_after_rewritten_convolution():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten())
+    inputs = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(input_gradient(model, inputs, True), input_gradient(model, inputs, False), atol=1e-5)
+
+
+def test_pooling_choice_measured_once_per_kind(monkeypatch):
+    from mlwarden.attacks import _fast_layers
+
+    monkeypatch.setattr(_fast_layers, "_POOL_CHOICES", {})
+    timings = []
+    original = _fast_layers._seconds
+    monkeypatch.setattr(_fast_layers, "_seconds", lambda run: timings.append(1) or original(run, repeats=1))
+    inputs = torch.rand(16, 2, 6, 6)
+    with fast_layers():
+        first = F.max_pool2d(inputs, 2)
+        second = F.max_pool2d(torch.rand(17, 2, 6, 6), 2)  # same power-of-two batch size: no new timing
+    assert len(timings) == 2  # the corner maximum and torch's pooling, each timed once
+    assert torch.equal(first, F.max_pool2d(inputs, 2))
+    assert second.shape == (17, 2, 3, 3)

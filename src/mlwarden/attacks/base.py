@@ -191,7 +191,10 @@ class EvasionAttack:
                     queries_per_sample = torch.zeros(len(inputs), dtype=torch.int64)
                     queries_per_sample[active] = sub_queries
                 adversarial[active] = self._enforce_budget(found.detach(), inputs[active], eps, bounds)
-            predictions = predict_logits(model, adversarial).argmax(1)
+            # Samples left alone keep their clean prediction; only the attacked ones need a new pass.
+            predictions = clean_predictions.clone()
+            if len(active):
+                predictions[active] = predict_logits(model, adversarial[active]).argmax(1)
         success = self._is_adversarial(predictions, labels, targets)
         norms = perturbation_norms(adversarial, inputs)
         cost = AttackCost(counter.gradients, counter.queries, time.perf_counter() - start)
