@@ -19,6 +19,7 @@ parsed`` when fickling could not read the file as pickles.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -67,11 +68,13 @@ def fickling_verdict(path: Path) -> str:
     import fickling
 
     try:
-        if zipfile.is_zipfile(path):
-            # fickling's scan_file reads raw pickles only; zip archives (torch.save) have their own entry point.
-            results = list(fickling.scan_zip_archive(str(path), graceful=True).values())
-        else:
-            results = [fickling.scan_file(str(path), graceful=True)]
+        # fickling prints its parse warnings on stdout, where they would land in the Markdown table.
+        with contextlib.redirect_stdout(sys.stderr):
+            if zipfile.is_zipfile(path):
+                # fickling's scan_file reads raw pickles only; zip archives (torch.save) have their own entry point.
+                results = list(fickling.scan_zip_archive(str(path), graceful=True).values())
+            else:
+                results = [fickling.scan_file(str(path), graceful=True)]
     except Exception as error:  # a crash is a result worth recording, whatever its type
         return f"error ({type(error).__name__})"
     if any(result.results and not result.is_safe for result in results):
