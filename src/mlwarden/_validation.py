@@ -26,6 +26,16 @@ __all__ = [
 ]
 
 
+def owner_of(instance: object) -> str:
+    """Name an object in error messages: its command-line name and its class, as ``pgd (ProjectedGradientDescent)``.
+
+    Command-line users know the first, Python users the second.
+    """
+    cls = type(instance).__name__
+    name = getattr(type(instance), "name", None)
+    return f"{name} ({cls})" if isinstance(name, str) and name and name != cls else cls
+
+
 def _fail(owner: str, name: str, allowed: str, value: Any) -> ParameterError:
     return ParameterError(f"{owner}: {name} must be {allowed}, got {value!r}", value=value)
 

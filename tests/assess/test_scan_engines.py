@@ -54,6 +54,19 @@ def without_run_fields(summary: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if key not in ("seconds", "engine")}
 
 
+def assert_same_suspects(found: list[Any], expected: list[Any]) -> None:
+    """The same samples, in the same order, for the same reasons; scores equal up to float rounding.
+
+    Partitions of other sizes sum the k-NN distances in another order, which moves a score in its
+    15th digit on some processors.
+    """
+    def fields(suspects: list[Any]) -> list[tuple[Any, ...]]:
+        return [(s.index, s.label, s.reason, s.detector, s.suggested_label) for s in suspects]
+
+    assert fields(found) == fields(expected)
+    assert [s.score for s in found] == pytest.approx([s.score for s in expected], rel=1e-9)
+
+
 def test_sharded_scan_equals_in_memory_scan(poisoned_shards, lenet):
     folder, images, labels, flipped = poisoned_shards
     report = scan(folder, lenet, engine=LocalEngine(workers=1), fit_samples=1000)
@@ -65,7 +78,7 @@ def test_sharded_scan_equals_in_memory_scan(poisoned_shards, lenet):
 
     assert report.summary["rows"] == 1500
     assert report.summary["engine"]["partitions"] == 6
-    assert report.suspects == reference.suspects
+    assert_same_suspects(report.suspects, reference.suspects)
     assert without_run_fields(report.summary) == without_run_fields(reference.summary)
     assert len({suspect.index for suspect in report.suspects} & set(flipped.tolist())) > FLIPPED // 2
 
@@ -77,7 +90,7 @@ def test_pool_and_dask_scans_agree(poisoned_shards, lenet, dask_cluster):
     on_dask = scan(folder, lenet, engine="dask", scheduler=dask_cluster.scheduler_address, fit_samples=800)
     assert local.summary["engine"]["workers"] == 2
     assert on_dask.summary["engine"]["name"] == "dask"
-    assert local.suspects == on_dask.suspects
+    assert_same_suspects(local.suspects, on_dask.suspects)
     assert without_run_fields(local.summary) == without_run_fields(on_dask.summary)
 
 

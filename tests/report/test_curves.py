@@ -103,3 +103,16 @@ def test_nothing_written_without_curves(tmp_path):
     assert render_robustness_curves(empty, tmp_path / CURVES_FILE) is None
     assert render_robustness_section(empty, tmp_path) == ""
     assert not (tmp_path / CURVES_FILE).exists()
+
+
+
+
+def test_table_median_is_the_usual_median():
+    # The table's median must agree with the median minimal perturbation: with an even count, the
+    # mean of the two middle values (torch's own median takes the lower one).
+    import torch
+
+    from mlwarden.assess.metrics import _stats
+
+    assert _stats(torch.tensor([0.4, 0.1, 0.3, 0.2]))["median"] == pytest.approx(0.25)
+    assert _stats(torch.tensor([0.3, 0.1, 0.2]))["median"] == pytest.approx(0.2)

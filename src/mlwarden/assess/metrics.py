@@ -15,7 +15,9 @@ def _stats(values: torch.Tensor) -> dict[str, float | None]:
     if values.numel() == 0:
         return {"mean": None, "median": None}
     values = values.to(torch.float64)
-    return {"mean": float(values.mean()), "median": float(values.median())}
+    # The usual median: the mean of the two middle values when their count is even (torch's median
+    # takes the lower one), as the report's median minimal perturbation does.
+    return {"mean": float(values.mean()), "median": float(values.quantile(0.5))}
 
 
 def clean_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:

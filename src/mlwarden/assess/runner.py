@@ -126,8 +126,8 @@ def _check_labels_fit_model(model: torch.nn.Module, data: Dataset) -> None:
         first = int((data.labels >= classes).nonzero()[0, 0])
         raise DataError(
             f"sample {first} of the {data.name} {data.split} labels is {int(data.labels[first])}, but the model "
-            f"outputs {classes} classes (labels 0 to {classes - 1}); the labels file is mislabeled or belongs to "
-            "another data set",
+            f"outputs {classes} classes (labels 0 to {classes - 1}), while the data set has {data.num_classes}; "
+            f"pass a model with {data.num_classes} outputs, or data labeled for this model",
             value=int(data.labels[first]),
         )
 

@@ -6,28 +6,15 @@
 """
 
 from .base import EvasionAttack, model_bounds
-from .evasion import (
-    BIM,
-    FGSM,
-    JSMA,
-    BasicIterativeMethod,
-    DeepFool,
-    FastGradientSignMethod,
-    SaliencyMapMethod,
-)
+from .evasion import *  # noqa: F403  (every evasion attack, also importable from here)
+from .evasion import __all__ as _EVASION
 from .result import AttackCost, AttackResult, perturbation_norms
 
 __all__ = [
-    "BIM",
-    "FGSM",
-    "JSMA",
+    *_EVASION,
     "AttackCost",
     "AttackResult",
-    "BasicIterativeMethod",
-    "DeepFool",
     "EvasionAttack",
-    "FastGradientSignMethod",
-    "SaliencyMapMethod",
     "model_bounds",
     "perturbation_norms",
 ]

@@ -117,6 +117,15 @@ class EvasionAttack:
         if eps is None:
             return self._attack_once(model, inputs, labels, targets, None, (low, high), indices)
         budgets = check_eps(eps, self.name)
+        if self.norm == "linf" and max(budgets) >= high - low:
+            logger.warning(
+                "%s: eps %g spans the whole input range [%g, %g], so every input of that range is within the "
+                "budget; eps is in input units (for 8/255 pass 0.0314)",
+                self.name,
+                max(budgets),
+                low,
+                high,
+            )
         results = [self._attack_once(model, inputs, labels, targets, budget, (low, high), indices) for budget in budgets]
         is_sweep = isinstance(eps, Sequence) and not isinstance(eps, str)
         return results if is_sweep else results[0]
@@ -142,7 +151,8 @@ class EvasionAttack:
         if inputs.numel() and (float(inputs.min()) < low - _BOUNDS_TOLERANCE or float(inputs.max()) > high + _BOUNDS_TOLERANCE):
             raise ParameterError(
                 f"{owner}: inputs range from {float(inputs.min()):g} to {float(inputs.max()):g}, outside the bounds "
-                f"[{low:g}, {high:g}]; scale the inputs to the bounds or pass bounds=(low, high)",
+                f"[{low:g}, {high:g}]; scale the inputs to the bounds, or give the model a bounds attribute "
+                "(in Python, pass bounds=(low, high))",
                 value=(float(inputs.min()), float(inputs.max())),
             )
         modes = self.profile.specificity
@@ -176,7 +186,9 @@ class EvasionAttack:
         counter = CostCounter()
         inputs = inputs.detach()
         with evaluation_mode(model):
-            clean_predictions = predict_logits(model, inputs, counter).argmax(1)
+            clean_logits = predict_logits(model, inputs, counter)
+            self._check_classes(clean_logits.shape[-1], labels, targets)
+            clean_predictions = clean_logits.argmax(1)
             already = self._is_adversarial(clean_predictions, labels, targets)
             adversarial = inputs.clone()
             active = (~already).nonzero().flatten()
@@ -218,6 +230,29 @@ class EvasionAttack:
             cost=cost,
             queries_per_sample=queries_per_sample,
         )
+
+    def _check_classes(self, classes: int, labels: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Reject labels or targets the model has no output for; warn about targets equal to the label."""
+        for role, values in (("labels", labels), ("targets", targets)):
+            if values is None or not values.numel():
+                continue
+            wrong = (values < 0) | (values >= classes)
+            if bool(wrong.any()):
+                raise ParameterError(
+                    f"{self.name}: {role} must be classes 0 to {classes - 1} (the model has {classes} outputs), "
+                    f"got {int(values[wrong][0])}; check the {role} against the model's classes",
+                    value=int(values[wrong][0]),
+                )
+        if targets is not None:
+            same = int((targets == labels).sum())
+            if same:
+                logger.warning(
+                    "%s: %d of %d targets equal the true label; those samples count as already on target "
+                    "and are left unchanged",
+                    self.name,
+                    same,
+                    len(labels),
+                )
 
     @staticmethod
     def _is_adversarial(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -146,7 +146,13 @@ register_attack(
     AttackEntry("deepfool", DeepFool, {"steps": 50, "overshoot": 0.02}, None, "DeepFool minimal perturbation (L2)")
 )
 register_attack(
-    AttackEntry("jsma", SaliencyMapMethod, {"theta": 1.0, "gamma": 0.1, "saliency": "target"}, None, "saliency map over pixel pairs (L0)")
+    AttackEntry(
+        "jsma",
+        SaliencyMapMethod,
+        {"theta": 1.0, "gamma": 0.1, "saliency": "target"},
+        None,
+        "saliency map, two pixels per step (L0; saliency=pair for the paper's pair scores)",
+    )
 )
 
 DEFAULT_ATTACKS = ["fgsm", "bim", "deepfool", "jsma"]

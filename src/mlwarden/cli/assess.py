@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + format_table(*defense_matrix(results)))
     if results.get("poisoning"):
         print("\n" + format_table(*poisoning_table(results)))
-    figures = sorted(output.glob("[0-9][0-9]-*.png"))
+    figures = sorted(output.glob("*.png"))
     noun = "figure" if len(figures) == 1 else "figures"
     print(f"\nwrote {results_path}, {report_path} and {len(figures)} {noun} in {output}/")
     return 0

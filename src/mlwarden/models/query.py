@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_bool, check_bounds, check_choice, check_int
+from .._validation import check_bool, check_bounds, check_choice, check_int, owner_of
 from ..errors import BudgetExhausted, ModelError
 
 __all__ = [
@@ -103,7 +103,7 @@ class QueryModel(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.output = check_choice(output, "output", owner, OUTPUT_KINDS)
         self.labels_only = check_bool(labels_only, "labels_only", owner) or self.output == "labels"
         self.budget = None if budget is None else check_int(budget, "budget", owner, low=0)

@@ -325,3 +325,20 @@ def test_fgsm_within_ball_and_bounds_property(eps, seed, low):
     assert float(result.adversarial.min()) >= low
     assert float(result.adversarial.max()) <= 1.0
     assert float(result.linf.max()) <= eps + 1e-6
+
+
+@pytest.mark.parametrize("role", ["labels", "targets"])
+def test_classes_the_model_lacks_rejected(role, lenet, small_batch):
+    inputs, labels = small_batch
+    wrong = torch.full_like(labels, 12)
+    call = (labels, wrong) if role == "targets" else (wrong, None)
+    with pytest.raises(ParameterError, match=f"{role} must be classes 0 to 9 .* got 12"):
+        BIM(steps=2)(lenet, inputs[:4], call[0][:4], None if call[1] is None else call[1][:4], eps=0.1)
+
+
+def test_target_equal_to_label_warned_and_left_alone(lenet, small_batch, caplog):
+    inputs, labels = small_batch
+    with caplog.at_level("WARNING", logger="mlwarden.attacks.base"):
+        result = BIM(steps=2)(lenet, inputs[:8], labels[:8], labels[:8], eps=0.1)
+    assert "8 of 8 targets equal the true label" in caplog.text
+    assert torch.equal(result.adversarial[~result.attacked], inputs[:8][~result.attacked])

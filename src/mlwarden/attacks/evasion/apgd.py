@@ -45,7 +45,7 @@ import math
 import torch
 from torch import nn
 
-from ..._validation import check_bool, check_choice, check_int, check_real
+from ..._validation import check_bool, check_choice, check_int, check_real, owner_of
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
 from .._fast_layers import fast_layers
@@ -179,7 +179,7 @@ class AutoProjectedGradientDescent(EvasionAttack):
         random_start: bool = True,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.loss = check_choice(loss, "loss", owner, LOSSES)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.restarts = check_int(restarts, "restarts", owner, low=1)

@@ -47,7 +47,7 @@ import logging
 import torch
 from torch import nn
 
-from ..._validation import check_bool, check_int, check_real
+from ..._validation import check_bool, check_int, check_real, owner_of
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
 from .._fast_layers import fast_layers
 from ..base import EvasionAttack
@@ -133,7 +133,7 @@ class CarliniWagnerL2(EvasionAttack):
         kappa: float = 0.0,
         abort_early: bool = True,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps", owner, low=1)
         self.initial_const = check_real(initial_const, "initial_const", owner, low=0.0, low_inclusive=False)

@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
 from ..base import EvasionAttack
 from ..gradients import CostCounter, class_gradients, predict_logits
@@ -63,7 +63,7 @@ class DeepFool(EvasionAttack):
     )
 
     def __init__(self, *, steps: int = 50, overshoot: float = 0.02, candidates: int = 10) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.overshoot = check_real(overshoot, "overshoot", owner, low=0.0)
         self.candidates = check_int(candidates, "candidates", owner, low=2)

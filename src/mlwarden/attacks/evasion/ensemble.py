@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +72,8 @@ class StrongestAttack(EvasionAttack):
     """
 
     name = "strongest"
+    # Attack names fit to be members, for error messages.
+    member_examples: ClassVar[str] = "pgd, apgd-ce, apgd-dlr"
     norm = "linf"
     needs_eps = True
     profile = ThreatProfile(
@@ -84,7 +87,7 @@ class StrongestAttack(EvasionAttack):
     )
 
     def __init__(self, *, attacks: Sequence[EvasionAttack | str] | None = None, seed: int = 0) -> None:
-        owner = type(self).__name__
+        owner = self.name
         self.seed = check_int(seed, "seed", owner, low=0)
         members = self._default_members(self.seed) if attacks is None else [_build(a, owner) for a in attacks]
         if not members:
@@ -93,7 +96,7 @@ class StrongestAttack(EvasionAttack):
             if member.norm != self.norm or not member.needs_eps:
                 raise ParameterError(
                     f"{owner}: every member must be a budgeted {self.norm} attack, but {member.name!r} has norm "
-                    f"{member.norm!r}; pick members such as {', '.join(m.name for m in self._default_members(0))}",
+                    f"{member.norm!r}; pick members such as {self.member_examples}",
                     value=member.name,
                 )
         self.attacks = members
@@ -151,6 +154,7 @@ class L2StrongestAttack(StrongestAttack):
 
     name = "strongest-l2"
     norm = "l2"
+    member_examples: ClassVar[str] = "pgd-l2, or APGD objects built with norm='l2'"
 
     @staticmethod
     def _default_members(seed: int) -> list[EvasionAttack]:

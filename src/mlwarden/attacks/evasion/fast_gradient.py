@@ -25,7 +25,7 @@ import logging
 import torch
 from torch import nn
 
-from ..._validation import check_bool, check_int, check_real
+from ..._validation import check_bool, check_int, check_real, owner_of
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
 from ..base import EvasionAttack
 from ..gradients import CostCounter, attack_loss_gradient
@@ -111,7 +111,7 @@ class BasicIterativeMethod(EvasionAttack):
     )
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, early_stop: bool = True) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.step_size = None if step_size is None else check_real(step_size, "step_size", owner, low=0.0, low_inclusive=False)
         self.early_stop = check_bool(early_stop, "early_stop", owner)

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._validation import check_choice, check_int, check_real
+from ..._validation import check_choice, check_int, check_real, owner_of
 from ...errors import BudgetExhausted, ParameterError
 from ...models.query import as_query_model
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
@@ -122,7 +122,7 @@ class HopSkipJump(EvasionAttack):
         init_trials: int = 100,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         # An instance setting, which shadows the class attribute that the base class reads.
         self.norm = check_choice(norm, "norm", owner, ("l2", "linf"))  # type: ignore[misc]
         self.max_queries = check_int(max_queries, "max_queries", owner, low=1)

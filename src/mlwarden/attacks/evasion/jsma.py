@@ -48,7 +48,7 @@ import math
 import torch
 from torch import nn
 
-from ..._validation import check_bool, check_choice, check_real
+from ..._validation import check_bool, check_choice, check_real, owner_of
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
 from .._fast_layers import fast_layers
@@ -104,7 +104,7 @@ class SaliencyMapMethod(EvasionAttack):
     def __init__(
         self, *, theta: float = 1.0, gamma: float = 0.1, saliency: str = "target", exact: bool = False
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.theta = check_real(theta, "theta", owner, low=-1.0, high=1.0)
         if self.theta == 0.0:
             raise ParameterError(f"{owner}: theta must be non-zero in [-1, 1], got 0.0", value=theta)

@@ -33,7 +33,7 @@ import logging
 import torch
 from torch import nn
 
-from ..._validation import check_choice, check_int, check_real
+from ..._validation import check_choice, check_int, check_real, owner_of
 from ...errors import BudgetExhausted, ParameterError
 from ...models.query import as_query_model
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
@@ -104,7 +104,7 @@ class OnePixelAttack(EvasionAttack):
         values: str = "search",
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.pixels = check_int(pixels, "pixels", owner, low=1)
         self.population = check_int(population, "population", owner, low=4)
         self.max_queries = check_int(max_queries, "max_queries", owner, low=1)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...data import Dataset
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
@@ -116,7 +116,7 @@ class AdversarialPatch(EvasionAttack):
         learning_rate: float = 0.05,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.size = check_int(size, "size", owner, low=1)
         self.fit_samples = check_int(fit_samples, "fit_samples", owner, low=1)
         self.epochs = check_int(epochs, "epochs", owner, low=1)

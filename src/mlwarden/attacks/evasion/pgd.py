@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._validation import check_bool, check_int
+from ..._validation import check_bool, check_int, owner_of
 from ...errors import ParameterError
 from ..gradients import CostCounter, predict_logits
 from .fast_gradient import BasicIterativeMethod
@@ -225,7 +225,7 @@ class ProjectedGradientDescent(BasicIterativeMethod):
         seed: int = 0,
     ) -> None:
         super().__init__(steps=steps, step_size=step_size, early_stop=early_stop)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.random_start = check_bool(random_start, "random_start", owner)
         self.restarts = check_int(restarts, "restarts", owner, low=1)
         self.seed = check_int(seed, "seed", owner, low=0)

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from ..._validation import check_choice, check_int, check_real
+from ..._validation import check_choice, check_int, check_real, owner_of
 from ...errors import BudgetExhausted
 from ...models.query import as_query_model
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
@@ -95,7 +95,7 @@ class SimpleBlackBoxAttack(EvasionAttack):
     def __init__(
         self, *, step_size: float = 0.2, max_queries: int = 1000, basis: str = "pixel", seed: int = 0
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.step_size = check_real(step_size, "step_size", owner, low=0.0, low_inclusive=False)
         self.max_queries = check_int(max_queries, "max_queries", owner, low=1)
         self.basis = check_choice(basis, "basis", owner, ("pixel", "dct"))

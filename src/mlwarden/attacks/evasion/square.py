@@ -32,7 +32,7 @@ import logging
 import torch
 from torch import nn
 
-from ..._validation import check_choice, check_int, check_real
+from ..._validation import check_choice, check_int, check_real, owner_of
 from ...errors import BudgetExhausted
 from ...models.query import as_query_model
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
@@ -97,7 +97,7 @@ class SquareAttack(EvasionAttack):
     def __init__(
         self, *, norm: str = "linf", max_queries: int = 1000, p_init: float = 0.3, seed: int = 0
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         # An instance setting, which shadows the class attribute that the base class reads.
         self.norm = check_choice(norm, "norm", owner, ("linf", "l2"))  # type: ignore[misc]
         self.max_queries = check_int(max_queries, "max_queries", owner, low=1)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._validation import check_choice, check_int, check_real
+from ..._validation import check_choice, check_int, check_real, owner_of
 from ...data import Dataset
 from ...errors import ParameterError
 from ...models.query import as_query_model
@@ -123,7 +123,7 @@ class TransferAttack(EvasionAttack):
         learning_rate: float = 1e-3,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         from ..registry import get_attack_entry  # the registry imports this package
 
         if attack_settings is not None and not isinstance(attack_settings, dict):

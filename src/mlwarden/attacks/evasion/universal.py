@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..._validation import check_choice, check_int, check_real
+from ..._validation import check_choice, check_int, check_real, owner_of
 from ...data import Dataset
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
@@ -100,7 +100,7 @@ class UniversalPerturbation(EvasionAttack):
         max_loss: float = 10.0,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         # An instance setting, which shadows the class attribute that the base class reads.
         self.norm = check_choice(norm, "norm", owner, ("linf", "l2"))  # type: ignore[misc]
         self.fit_samples = check_int(fit_samples, "fit_samples", owner, low=1)

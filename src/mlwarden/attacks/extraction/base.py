@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import BudgetExhausted, ParameterError
 from ...models.zoo import build
 from ...threat import ThreatProfile
@@ -211,7 +211,7 @@ class ModelExtraction:
         query_batch: int = 100,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.architecture = architecture
         self.epochs = check_int(epochs, "epochs", owner, low=1)
         self.batch_size = check_int(batch_size, "batch_size", owner, low=1)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import check_bounds, check_choice, check_int
+from ..._validation import check_bounds, check_choice, check_int, owner_of
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Level, Scope, Specificity, Stage, ThreatProfile
 from .base import Array, PoisoningAttack, PoisonResult, labels_to_numpy
@@ -85,7 +85,7 @@ class BadNetsBackdoor(PoisoningAttack):
         seed: int = 0,
     ) -> None:
         super().__init__(rate=rate, seed=seed)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.target_class = check_int(target_class, "target_class", owner, low=0)
         self.source_class = None if source_class is None else check_int(source_class, "source_class", owner, low=0)
         if self.source_class == self.target_class:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Union
 import numpy as np
 import torch
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import ParameterError
 from ...threat import ThreatProfile
 
@@ -136,7 +136,7 @@ class PoisoningAttack:
     profile: ClassVar[ThreatProfile]
 
     def __init__(self, *, rate: float, seed: int = 0) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.rate = check_real(rate, "rate", owner, low=0.0, high=1.0)
         self.seed = check_int(seed, "seed", owner)
 
@@ -177,7 +177,7 @@ class PoisoningAttack:
         return np.sort(chosen.astype(np.int64))
 
     def _check_inputs(self, inputs: Array) -> int:
-        owner = type(self).__name__
+        owner = owner_of(self)
         if not isinstance(inputs, (torch.Tensor, np.ndarray)) or inputs.ndim < 2:
             raise ParameterError(
                 f"{owner}: inputs must be a tensor or array of shape (N, ...), got {type(inputs).__name__} "

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..._validation import check_bounds, check_int, check_real
+from ..._validation import check_bounds, check_int, check_real, owner_of
 from ...defenses.poisoning.features import feature_extractor
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Scope, Specificity, Stage, ThreatProfile
@@ -96,7 +96,7 @@ class FeatureCollision(PoisoningAttack):
         seed: int = 0,
     ) -> None:
         super().__init__(rate=rate, seed=seed)
-        owner = type(self).__name__
+        owner = owner_of(self)
         if not isinstance(model, nn.Module):
             raise ParameterError(f"{owner}: model must be a torch.nn.Module, got {type(model).__name__}", value=type(model))
         if not isinstance(target, torch.Tensor) or target.dim() not in (3, 4) or (target.dim() == 4 and len(target) != 1):

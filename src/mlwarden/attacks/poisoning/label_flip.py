@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._validation import check_int
+from ..._validation import check_int, owner_of
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Scope, Specificity, Stage, ThreatProfile
 from .base import Array, PoisoningAttack, PoisonResult, infer_num_classes, labels_to_numpy
@@ -98,7 +98,7 @@ class TargetedLabelFlip(PoisoningAttack):
 
     def __init__(self, *, rate: float, target_class: int, source_class: int | None = None, seed: int = 0) -> None:
         super().__init__(rate=rate, seed=seed)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.target_class = check_int(target_class, "target_class", owner, low=0)
         self.source_class = None if source_class is None else check_int(source_class, "source_class", owner, low=0)
         if self.source_class == self.target_class:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import ParameterError
 
 __all__ = ["LossMaximizingStream", "DriftStream"]
@@ -57,7 +57,7 @@ class LossMaximizingStream:
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 64, batches: int = 10, seed: int = 0) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         _check_pool(inputs, owner)
         self.model = model
         self.inputs = inputs
@@ -110,7 +110,7 @@ class DriftStream:
         batches: int = 10,
         seed: int = 0,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         _check_pool(inputs, owner)
         if not isinstance(labels, torch.Tensor) or labels.shape != (len(inputs),):
             raise ParameterError(f"{owner}: labels must have shape ({len(inputs)},)", value=tuple(getattr(labels, "shape", ())))

@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import ParameterError
 from ...threat import Frequency, Goal, Knowledge, Scope, Specificity, Stage, ThreatProfile
 from .base import Array, PoisoningAttack, PoisonResult, count_for_rate, labels_to_numpy
@@ -104,7 +104,7 @@ class MarginLabelFlip(PoisoningAttack):
 
     def poison(self, inputs: Array, labels: Array) -> PoisonResult:
         """Return the table with the flipped labels; ``indices`` are the flipped rows."""
-        owner = type(self).__name__
+        owner = owner_of(self)
         table = _check_table(inputs, owner)
         original = labels_to_numpy(labels, owner, len(table))
         margin, least_likely = self._margin(table, original)
@@ -172,7 +172,7 @@ class SearchLabelFlip(MarginLabelFlip):
         seed: int = 0,
     ) -> None:
         super().__init__(rate=rate, estimator=estimator, seed=seed)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.rounds = check_int(rounds, "rounds", owner, low=0)
         self.candidates = check_int(candidates, "candidates", owner, low=1)
         self.swap_fraction = check_real(swap_fraction, "swap_fraction", owner, low=0.0, high=1.0, low_inclusive=False)
@@ -183,7 +183,7 @@ class SearchLabelFlip(MarginLabelFlip):
 
     def poison(self, inputs: Array, labels: Array) -> PoisonResult:
         """Return the table with the flips that hurt held-out accuracy most; ``search_history_`` records each round."""
-        owner = type(self).__name__
+        owner = owner_of(self)
         table = _check_table(inputs, owner)
         original = labels_to_numpy(labels, owner, len(table))
         generator = self._generator(salt=3)
@@ -256,7 +256,7 @@ class TabularBackdoor(PoisoningAttack):
         seed: int = 0,
     ) -> None:
         super().__init__(rate=rate, seed=seed)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.target_class = check_int(target_class, "target_class", owner, low=0)
         if isinstance(columns, (str, bytes)) or not isinstance(columns, Sequence) or len(columns) == 0:
             raise ParameterError(f"{owner}: columns must be a non-empty list of column indices, got {columns!r}", value=columns)
@@ -288,7 +288,7 @@ class TabularBackdoor(PoisoningAttack):
 
     def poison(self, inputs: Array, labels: Array) -> PoisonResult:
         """Return the table with triggered, relabeled rows; ``indices`` are the poisoned rows."""
-        owner = type(self).__name__
+        owner = owner_of(self)
         table = _check_table(inputs, owner)
         original = labels_to_numpy(labels, owner, len(table))
         self.fit_trigger(table)

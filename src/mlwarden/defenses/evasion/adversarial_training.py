@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...attacks.base import model_bounds
 from ...attacks.gradients import evaluation_mode
 from ...data import Dataset
@@ -146,7 +146,7 @@ class RobustTraining:
     known_bypass: ClassVar[str] = "larger budgets and other norms than trained for"
 
     def __init__(self, *, eps: float = 0.1, seed: int = 0, evaluation_samples: int = 1000, evaluation_steps: int = 10) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.eps = check_real(eps, "eps", owner, low=0.0, low_inclusive=False)
         self.seed = check_int(seed, "seed", owner)
         self.evaluation_samples = check_int(evaluation_samples, "evaluation_samples", owner, low=1)
@@ -203,7 +203,7 @@ class PGDAdversarialTraining(RobustTraining):
 
     def __init__(self, *, eps: float = 0.1, steps: int = 10, step_size: float | None = None, **common: Any) -> None:
         super().__init__(eps=eps, **common)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.step_size = None if step_size is None else check_real(step_size, "step_size", owner, low=0.0, low_inclusive=False)
 
@@ -239,7 +239,7 @@ class FastAdversarialTraining(RobustTraining):
 
     def __init__(self, *, eps: float = 0.1, step_size: float | None = None, **common: Any) -> None:
         super().__init__(eps=eps, **common)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.step_size = None if step_size is None else check_real(step_size, "step_size", owner, low=0.0, low_inclusive=False)
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -278,7 +278,7 @@ class TRADES(RobustTraining):
         self, *, eps: float = 0.1, beta: float = 6.0, steps: int = 10, step_size: float | None = None, **common: Any
     ) -> None:
         super().__init__(eps=eps, **common)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.beta = check_real(beta, "beta", owner, low=0.0)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.step_size = None if step_size is None else check_real(step_size, "step_size", owner, low=0.0, low_inclusive=False)

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...attacks.base import model_bounds
 from ...errors import ParameterError
 from ...threat import DefenseProfile
@@ -166,7 +166,7 @@ class AdversarialDetector:
     known_bypass: ClassVar[str] = "an attack on the classifier and the detector score together"
 
     def __init__(self, model: nn.Module, *, fpr: float = 0.05, batch_size: int = 1000) -> None:
-        owner = type(self).__name__
+        owner = owner_of(self)
         if not isinstance(model, nn.Module):
             raise ParameterError(f"{owner}: model must be a torch.nn.Module, got {type(model).__name__}", value=type(model))
         self.model = model

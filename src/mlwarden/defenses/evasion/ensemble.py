@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..._validation import check_choice
+from ..._validation import check_choice, owner_of
 from ...attacks.base import model_bounds
 from ...errors import ParameterError
 from ...threat import DefenseProfile, Posture, Stage
@@ -63,7 +63,7 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: Sequence[nn.Module], *, vote: str = "average", bounds: Sequence[float] | None = None) -> None:
         super().__init__()
-        owner = type(self).__name__
+        owner = owner_of(self)
         if isinstance(members, nn.Module) or not isinstance(members, Sequence) or len(members) < 2:
             raise ParameterError(f"{owner}: members must be a list of at least two models, got {members!r}", value=members)
         for position, member in enumerate(members):

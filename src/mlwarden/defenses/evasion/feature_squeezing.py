@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..._validation import check_int
+from ..._validation import check_int, owner_of
 from ...errors import ParameterError
 from ...threat import DefenseProfile, Posture, Stage
 from .base import AdversarialDetector, check_images, straight_through
@@ -68,7 +68,7 @@ class FeatureSqueezingDetector(AdversarialDetector):
         batch_size: int = 1000,
     ) -> None:
         super().__init__(model, fpr=fpr, batch_size=batch_size)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.bits = None if bits is None else check_int(bits, "bits", owner, low=1, high=16)
         self.median_size = None if median_size is None else check_int(median_size, "median_size", owner, low=2, high=15)
         if self.bits is None and self.median_size is None:

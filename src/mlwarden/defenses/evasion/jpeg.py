@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._validation import check_bounds, check_choice, check_int
+from ..._validation import check_bounds, check_choice, check_int, owner_of
 from ...threat import DefenseProfile, Posture, Stage
 from .base import InputTransformDefense
 
@@ -192,7 +192,7 @@ class JpegCompression(InputTransformDefense):
         self, model: nn.Module, *, quality: int = 75, approximation: str = "identity", bounds: Sequence[float] | None = None
     ) -> None:
         super().__init__(model, bounds=bounds)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.quality = check_int(quality, "quality", owner, low=1, high=100)
         self.approximation_kind = check_choice(approximation, "approximation", owner, ("identity", "cubic"))
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import ParameterError
 from ...threat import DefenseProfile, Posture, Stage
 from .base import AdversarialDetector, check_images
@@ -86,7 +86,7 @@ class MahalanobisDetector(AdversarialDetector):
         batch_size: int = 1000,
     ) -> None:
         super().__init__(model, fpr=fpr, batch_size=batch_size)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.calibration_fraction = check_real(
             calibration_fraction, "calibration_fraction", owner, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
         )
@@ -138,7 +138,7 @@ class MahalanobisDetector(AdversarialDetector):
             Labels are missing or do not match the inputs, or a class has
             no fitting sample.
         """
-        owner = type(self).__name__
+        owner = owner_of(self)
         check_images(inputs, owner)
         if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],):
             raise ParameterError(

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import ParameterError
 from ...threat import DefenseProfile, Posture, Stage
 from .base import InputTransformDefense
@@ -199,7 +199,7 @@ class RandomTransformation(_RandomDefense):
         bounds: Sequence[float] | None = None,
     ) -> None:
         super().__init__(model, seed=seed, bounds=bounds)
-        owner = type(self).__name__
+        owner = owner_of(self)
         if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
             raise ParameterError(f"{owner}: kinds must be a non-empty list drawn from {list(RANDOM_TRANSFORM_KINDS)}, got {kinds!r}", value=kinds)
         unknown = [kind for kind in kinds if kind not in RANDOM_TRANSFORM_KINDS]

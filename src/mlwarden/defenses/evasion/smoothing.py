@@ -30,7 +30,7 @@ import torch
 from scipy.stats import beta, binom, norm
 from torch import nn
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...attacks.base import model_bounds
 from ...attacks.gradients import evaluation_mode
 from ...errors import ParameterError
@@ -131,7 +131,7 @@ class RandomizedSmoothing(nn.Module):
         bounds: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        owner = type(self).__name__
+        owner = owner_of(self)
         if not isinstance(model, nn.Module):
             raise ParameterError(f"{owner}: model must be a torch.nn.Module, got {type(model).__name__}", value=type(model))
         self.model = model
@@ -209,7 +209,7 @@ class RandomizedSmoothing(nn.Module):
         the noise. The probability of returning a class other than the
         smoothed classifier's is then at most ``alpha``.
         """
-        owner = type(self).__name__
+        owner = owner_of(self)
         check_images(inputs, owner)
         n = check_int(n, "n", owner, low=1)
         alpha = check_real(alpha, "alpha", owner, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
@@ -239,7 +239,7 @@ class RandomizedSmoothing(nn.Module):
         radii : torch.Tensor
             float64 (N,), certified L2 radius in pixel units.
         """
-        owner = type(self).__name__
+        owner = owner_of(self)
         check_images(inputs, owner)
         n0 = check_int(n0, "n0", owner, low=1)
         n = check_int(n, "n", owner, low=1)

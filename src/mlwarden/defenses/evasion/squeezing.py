@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._validation import check_bounds, check_choice, check_int
+from ..._validation import check_bounds, check_choice, check_int, owner_of
 from ...threat import DefenseProfile, Posture, Stage
 from .base import InputTransformDefense
 
@@ -149,7 +149,7 @@ class MedianSmoothing(InputTransformDefense):
         self, model: nn.Module, *, size: int = 2, approximation: str = "identity", bounds: Sequence[float] | None = None
     ) -> None:
         super().__init__(model, bounds=bounds)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.size = check_int(size, "size", owner, low=1, high=15)
         self.approximation_kind = check_choice(approximation, "approximation", owner, ("identity", "mean"))
 

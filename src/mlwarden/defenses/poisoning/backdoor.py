@@ -38,7 +38,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import DataError
 from .base import PoisonDetector
 
@@ -102,7 +102,7 @@ class _SplitDetector(PoisonDetector):
 
     def __init__(self, *, contamination: float | str, variance_ratio: float, variance_reduction: float, margin: float) -> None:
         super().__init__(contamination=contamination)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.variance_ratio = check_real(variance_ratio, "variance_ratio", owner, low=1.0)
         self.variance_reduction = check_real(variance_reduction, "variance_reduction", owner, low=1.0)
         self.margin = check_real(margin, "margin", owner, low=0.0)
@@ -255,7 +255,7 @@ class ActivationClusteringDetector(_SplitDetector):
         super().__init__(
             contamination=contamination, variance_ratio=variance_ratio, variance_reduction=variance_reduction, margin=margin
         )
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.n_components = check_int(n_components, "n_components", owner, low=1)
         self.seed = check_int(seed, "seed", owner)
         self._models: dict[int, tuple[PCA, np.ndarray, np.ndarray, float]] = {}

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..._validation import check_real
+from ..._validation import check_real, owner_of
 from ...errors import DataError, ParameterError
 from ...threat import DefenseProfile, Posture, Stage
 from .features import flatten_features
@@ -139,7 +139,7 @@ class PoisonDetector:
         DataError
             A class has too few samples for the detector.
         """
-        owner = type(self).__name__
+        owner = owner_of(self)
         labels_array = check_labels(labels, owner, _length(features))
         flat = flatten_features(features, owner, len(labels_array))
         if len(flat) == 0:
@@ -216,7 +216,7 @@ class PoisonDetector:
 
     def _check_new(self, features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
         self._require_fitted()
-        owner = type(self).__name__
+        owner = owner_of(self)
         labels_array = check_labels(labels, owner, _length(features))
         flat = flatten_features(features, owner, len(labels_array))
         if flat.shape[1] != self.n_features_in_:

@@ -34,7 +34,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..._validation import check_int
+from ..._validation import check_int, owner_of
 from ...errors import DataError, ParameterError
 from .base import PoisonDetector, threshold_for_count
 from .features import flatten_features
@@ -118,7 +118,7 @@ class LabelNoiseDetector(PoisonDetector):
 
     def __init__(self, *, contamination: float | str = "auto", estimator: Any = None, folds: int = 5, seed: int = 0) -> None:
         super().__init__(contamination=contamination)
-        owner = type(self).__name__
+        owner = owner_of(self)
         estimator = _default_classifier() if estimator is None else estimator
         if not (hasattr(estimator, "fit") and hasattr(estimator, "predict_proba")):
             raise ParameterError(

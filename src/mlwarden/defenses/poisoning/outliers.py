@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 
-from ..._validation import check_int, check_real
+from ..._validation import check_int, check_real, owner_of
 from ...errors import DataError
 from .base import PoisonDetector
 
@@ -47,7 +47,7 @@ class IsolationForestDetector(PoisonDetector):
 
     def __init__(self, *, contamination: float | str = "auto", n_estimators: int = 100, seed: int = 0) -> None:
         super().__init__(contamination=contamination)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.n_estimators = check_int(n_estimators, "n_estimators", owner, low=1)
         self.seed = check_int(seed, "seed", owner)
         self._forests: dict[int, IsolationForest] = {}
@@ -91,7 +91,7 @@ class KNNDistanceDetector(PoisonDetector):
 
     def __init__(self, *, contamination: float | str = "auto", n_neighbors: int = 10, cutoff: float = 3.0) -> None:
         super().__init__(contamination=contamination)
-        owner = type(self).__name__
+        owner = owner_of(self)
         self.n_neighbors = check_int(n_neighbors, "n_neighbors", owner, low=1)
         self.cutoff = check_real(cutoff, "cutoff", owner, low=0.0, low_inclusive=False)
         self._indexes: dict[int, NearestNeighbors] = {}
