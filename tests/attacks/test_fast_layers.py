@@ -141,3 +141,14 @@ def test_pooling_choice_measured_once_per_kind(monkeypatch):
     assert len(timings) == 2  # the corner maximum and torch's pooling, each timed once
     assert torch.equal(first, F.max_pool2d(inputs, 2))
     assert second.shape == (17, 2, 3, 3)
+
+
+def test_convolution_gradient_falls_back_when_nnpack_fails(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.Flatten())
+    inputs = torch.rand(3, 1, 12, 12)
+    assert torch.allclose(input_gradient(model, inputs, True), input_gradient(model, inputs, False), atol=1e-5)

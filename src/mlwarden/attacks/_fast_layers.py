@@ -53,6 +53,7 @@ __all__ = ["fast_layers"]
 
 logger = logging.getLogger(__name__)
 
+# Asking also sets NNPACK up; its convolution fails until something has.
 _NNPACK = torch._nnpack_available()
 
 # Input channels up to which the convolution rewrite pays: with 3 channels (RGB, 3x3 kernels)
@@ -91,7 +92,12 @@ class _InputGradientConvolution(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             full_padding = [k - 1 - p for k, p in zip(weight.shape[2:], ctx.padding)]
             kernel = weight.flip(2, 3).transpose(0, 1).contiguous()
-            grad_input = torch._nnpack_spatial_convolution(grad_output.contiguous(), kernel, None, full_padding)
+            try:
+                grad_input = torch._nnpack_spatial_convolution(grad_output.contiguous(), kernel, None, full_padding)
+            except RuntimeError:
+                # NNPACK refuses some shapes and fails when it was not set up; torch's transposed
+                # convolution gives the same gradient.
+                grad_input = F.conv_transpose2d(grad_output, weight, padding=ctx.padding)
         return grad_output, grad_input, None, None
 
 
