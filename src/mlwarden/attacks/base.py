@@ -109,7 +109,8 @@ class EvasionAttack:
         AttackResult, or a list of them when ``eps`` is a sequence.
         """
         low, high = model_bounds(model, bounds)
-        self._check_batch(inputs, labels, targets, low, high)
+        from_model = bounds is None and hasattr(model, "bounds")
+        self._check_batch(inputs, labels, targets, low, high, from_model)
         if indices is None:
             indices = torch.arange(inputs.shape[0])
         if self.needs_eps and eps is None:
@@ -131,7 +132,13 @@ class EvasionAttack:
         return results if is_sweep else results[0]
 
     def _check_batch(
-        self, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, low: float, high: float
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        low: float,
+        high: float,
+        from_model: bool = False,
     ) -> None:
         owner = self.name
         if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
@@ -151,8 +158,13 @@ class EvasionAttack:
         if inputs.numel() and (float(inputs.min()) < low - _BOUNDS_TOLERANCE or float(inputs.max()) > high + _BOUNDS_TOLERANCE):
             raise ParameterError(
                 f"{owner}: inputs range from {float(inputs.min()):g} to {float(inputs.max()):g}, outside the bounds "
-                f"[{low:g}, {high:g}]; scale the inputs to the bounds, or give the model a bounds attribute "
-                "(in Python, pass bounds=(low, high))",
+                f"[{low:g}, {high:g}]"
+                + (
+                    " that the model's bounds attribute declares; make the model's bounds match the range of its "
+                    "data, or scale the data to the bounds"
+                    if from_model
+                    else "; scale the inputs to the bounds, or pass bounds=(low, high) for the model's input range"
+                ),
                 value=(float(inputs.min()), float(inputs.max())),
             )
         modes = self.profile.specificity

@@ -342,3 +342,18 @@ def test_target_equal_to_label_warned_and_left_alone(lenet, small_batch, caplog)
         result = BIM(steps=2)(lenet, inputs[:8], labels[:8], labels[:8], eps=0.1)
     assert "8 of 8 targets equal the true label" in caplog.text
     assert torch.equal(result.adversarial[~result.attacked], inputs[:8][~result.attacked])
+
+
+def test_bounds_attribute_named_when_inputs_exceed_it(small_batch):
+    inputs, labels = small_batch
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    model.bounds = (0.0, 0.5)
+    with pytest.raises(ParameterError, match="model's bounds attribute declares; make the model's bounds match"):
+        FGSM()(model, inputs, labels, eps=0.1)
+
+
+def test_apgd_errors_use_the_command_line_name():
+    from mlwarden.attacks import APGD
+
+    with pytest.raises(ParameterError, match=r"^apgd-dlr \(AutoProjectedGradientDescent\): steps"):
+        APGD(loss="dlr", steps=0)

@@ -98,3 +98,7 @@ def test_registered_apgd_takes_norm_setting():
         get_attack_entry("apgd-ce").build({"norm": "l1"})
     with pytest.raises(PlanError, match="no setting"):
         get_attack_entry("apgd-ce").build({"loss": "dlr"})
+
+
+def test_single_member_given_as_a_bare_name():
+    assert [member.name for member in StrongestAttack(attacks="pgd").attacks] == ["pgd"]

@@ -181,6 +181,8 @@ class AutoProjectedGradientDescent(EvasionAttack):
     ) -> None:
         owner = owner_of(self)
         self.loss = check_choice(loss, "loss", owner, LOSSES)
+        # Name the attack as the command line does: apgd-ce, apgd-dlr.
+        owner = owner.replace(self.name, f"apgd-{self.loss}", 1)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.restarts = check_int(restarts, "restarts", owner, low=1)
         self.rho = check_real(rho, "rho", owner, low=0.0, high=1.0, low_inclusive=False)

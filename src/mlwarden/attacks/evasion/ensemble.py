@@ -89,6 +89,8 @@ class StrongestAttack(EvasionAttack):
     def __init__(self, *, attacks: Sequence[EvasionAttack | str] | None = None, seed: int = 0) -> None:
         owner = self.name
         self.seed = check_int(seed, "seed", owner, low=0)
+        if isinstance(attacks, (str, EvasionAttack)):
+            attacks = [attacks]  # one member: a bare name must not be read letter by letter
         members = self._default_members(self.seed) if attacks is None else [_build(a, owner) for a in attacks]
         if not members:
             raise ParameterError(f"{owner}: attacks must name at least one attack, got an empty list", value=attacks)
@@ -114,9 +116,15 @@ class StrongestAttack(EvasionAttack):
         return {"attacks": [{"name": m.name, **m.settings()} for m in self.attacks], "seed": self.seed}
 
     def _check_batch(
-        self, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, low: float, high: float
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        low: float,
+        high: float,
+        from_model: bool = False,
     ) -> None:
-        super()._check_batch(inputs, labels, targets, low, high)
+        super()._check_batch(inputs, labels, targets, low, high, from_model)
         # A member that cannot run targeted would otherwise fail halfway through the ensemble.
         mode = Specificity.TARGETED if targets is not None else Specificity.UNTARGETED
         for member in self.attacks:
