@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlwarden.attacks._fast_layers import _InputGradientConvolution, _MaxPool2x2, fast_layers
+from mlwarden.attacks._fast_layers import _NNPACK, _InputGradientConvolution, _MaxPool2x2, fast_layers
 
 
 def input_gradient(model: nn.Module, inputs: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -110,7 +110,8 @@ def test_convolution_rewritten_only_where_it_fits():
         inputs = torch.rand(2, 1, 8, 8, requires_grad=True)
         with fast_layers(always=True):
             output = layer(inputs)
-        assert (output.grad_fn.name() == _InputGradientConvolution.__name__ + "Backward") == rewritten
+        # Without NNPACK (not in every torch build) the rewrite stays off.
+        assert (output.grad_fn.name() == _InputGradientConvolution.__name__ + "Backward") == (rewritten and _NNPACK)
 
 
 def test_model_left_unchanged(lenet):
