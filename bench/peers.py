@@ -12,7 +12,7 @@ and the ratio of the peer's time to mlwarden's (per image). It also prints
 the accuracy under attack, the success rate over the samples the attack had
 to work on and the mean L2 norm of the successful perturbations. It writes
 the same figures to the section ``## White-box attacks against peers`` of
-docs/benchmarks.md, with a summary that holds them up against the targets of
+docs/benchmarks.md, with a summary that compares them with the targets of
 the white-box suite.
 
 PGD and APGD start from a random point, so every library runs them once per
@@ -592,7 +592,7 @@ def _verdict(ours: float, theirs: float, images: int, than: str = "") -> str:
 
 
 def compare_with_targets(rows: list[Row]) -> list[str]:
-    """Return Markdown lines that hold the table up against the targets of the white-box suite.
+    """Return Markdown lines that compare the table with the targets of the white-box suite.
 
     The targets: at least as fast as the fastest peer on every attack, at least 5 times faster
     than ART on DeepFool, JSMA and C&W, and accuracy under attack no higher than the best peer's.

@@ -145,10 +145,10 @@ def test_pooling_choice_measured_once_per_kind(monkeypatch):
 
 
 def test_convolution_gradient_falls_back_when_nnpack_fails(monkeypatch):
-    def refuse(*args, **kwargs):
+    def reject(*args, **kwargs):
         raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
 
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", reject)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.Flatten())
     inputs = torch.rand(3, 1, 12, 12)

@@ -47,7 +47,7 @@ def test_perturbation_over_eps_counts_as_failure(peers: ModuleType) -> None:
     assert any("over eps, counted as failures" in note for note in row.notes)
 
 
-def test_summary_reports_a_slower_library_and_a_weaker_attack(peers: ModuleType) -> None:
+def test_summary_slower_and_weaker_runs(peers: ModuleType) -> None:
     row = peers.Row
     rows = [
         row("pgd", "mlwarden", 1000, 2.0, 0.012, 0.98, 1.0, seed_accuracies=[0.011, 0.013]),
@@ -64,7 +64,7 @@ def test_summary_reports_a_slower_library_and_a_weaker_attack(peers: ModuleType)
     assert "cw: 0 of 100 against 30 for art: lower by 30.0 images" in text
 
 
-def test_summary_compares_runs_from_the_same_starts(peers: ModuleType) -> None:
+def test_summary_same_start_comparison(peers: ModuleType) -> None:
     row = peers.Row
     ours = row("apgd-ce", "mlwarden", 1000, 3.0, 0.35, 0.6, 0.7, from_art_starts=0.347)
     art = row("apgd-ce", "art", 1000, 12.0, 0.347, 0.61, 0.7, ratio=4.0)
