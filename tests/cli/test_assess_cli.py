@@ -198,3 +198,9 @@ def test_rerun_without_sweep_removes_stale_curves(tmp_path):
     assert (tmp_path / "robustness-curves.png").exists()
     assert main(["assess", "--attack", "fgsm", "--limit", "20", "--output", str(tmp_path)]) == 0
     assert not (tmp_path / "robustness-curves.png").exists()
+
+
+def test_figure_count_includes_the_curves(tmp_path, capsys):
+    assert main(["assess", "--attack", "deepfool", "--limit", "20", "--output", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["01-deepfool.png", "robustness-curves.png"]
+    assert "and 2 figures in" in capsys.readouterr().out

@@ -102,3 +102,11 @@ def test_registered_apgd_takes_norm_setting():
 
 def test_single_member_given_as_a_bare_name():
     assert [member.name for member in StrongestAttack(attacks="pgd").attacks] == ["pgd"]
+
+
+def test_attack_classes_importable_from_attacks_package():
+    import mlwarden.attacks as attacks
+    from mlwarden.attacks import evasion
+
+    assert set(evasion.__all__) <= set(attacks.__all__)
+    assert attacks.PGD is PGD and attacks.StrongestAttack is StrongestAttack
