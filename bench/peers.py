@@ -640,16 +640,17 @@ def compare_with_targets(rows: list[Row]) -> list[str]:
             f"  - {attack}: {_images(own_accuracy(best), images)} of {images} against {_images(best.accuracy, images)} "
             f"for {best.library}: {_verdict(own_accuracy(best), best.accuracy, images)}"
         )
+        text += "."
         spreads = [max(r.seed_accuracies) - min(r.seed_accuracies) for r in [mine, *rivals] if r.seed_accuracies]
         if spreads:
-            text += f" (means over the seeds; the seeds of one library differ by up to {max(spreads) * images:.0f} images)"
+            text += f" Means over the seeds, whose results differ by up to {max(spreads) * images:.0f} images per library."
         art_row = next((r for r in rivals if r.library == "art"), None)
         if mine.from_art_starts is not None and art_row is not None:
             text += (
-                f"; started from ART's random points, mlwarden leaves {_images(mine.from_art_starts, images)}, "
-                f"{_verdict(mine.from_art_starts, art_row.accuracy, images, 'ART')} {_images(art_row.accuracy, images)}"
+                f" Started from ART's random points, mlwarden leaves {_images(mine.from_art_starts, images)}, "
+                f"{_verdict(mine.from_art_starts, art_row.accuracy, images, 'ART')} {_images(art_row.accuracy, images)}."
             )
-        lines.append(text + ".")
+        lines.append(text)
     return lines + [""]
 
 

@@ -111,7 +111,8 @@ def test_convolution_rewritten_only_where_it_fits():
         with fast_layers(always=True):
             output = layer(inputs)
         # Without NNPACK (not in every torch build) the rewrite stays off.
-        assert (output.grad_fn.name() == _InputGradientConvolution.__name__ + "Backward") == (rewritten and _NNPACK)
+        expected = rewritten and _NNPACK
+        assert (output.grad_fn.name() == _InputGradientConvolution.__name__ + "Backward") == expected
 
 
 def test_model_left_unchanged(lenet):

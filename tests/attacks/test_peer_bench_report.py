@@ -59,7 +59,7 @@ def test_summary_slower_and_weaker_runs(peers: ModuleType) -> None:
     assert "slower than art on pgd (0.50)" in text
     assert "30.0 times faster on cw" in text
     assert "pgd: 12 of 1000 against 10 for art: higher by 2.0 images" in text
-    assert "differ by up to 2 images" in text
+    assert "differ by up to 2 images per library" in text
     # ART's C&W ran on 100 images: the comparison uses mlwarden's figures on those 100.
     assert "cw: 0 of 100 against 30 for art: lower by 30.0 images" in text
 
@@ -69,4 +69,4 @@ def test_summary_same_start_comparison(peers: ModuleType) -> None:
     ours = row("apgd-ce", "mlwarden", 1000, 3.0, 0.35, 0.6, 0.7, from_art_starts=0.347)
     art = row("apgd-ce", "art", 1000, 12.0, 0.347, 0.61, 0.7, ratio=4.0)
     text = "\n".join(peers.compare_with_targets([ours, art]))
-    assert "started from ART's random points, mlwarden leaves 347, the same as ART's 347" in text
+    assert "Started from ART's random points, mlwarden leaves 347, the same as ART's 347." in text

@@ -375,9 +375,8 @@ def test_jsma_matches_art(lenet, peer_batch):
 @pytest.mark.parametrize("loss", ["ce", "dlr"])
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_apgd_from_art_starts_matches_art(loss, lenet, peer_batch, monkeypatch):
-    # Started from the very points ART draws, the two APGDs differ only in their code, so the
-    # random-start tolerance of the test above does not apply: one image in all is left for
-    # float rounding (mlwarden adds eps * (draw / eps), ART adds the draw).
+    # Started from the very points ART draws, the two APGDs differ only in their code. One image in
+    # all is left for float rounding, because mlwarden adds eps * (draw / eps) where ART adds the draw.
     import mlwarden.attacks.evasion.apgd as apgd_module
 
     evasion = pytest.importorskip("art.attacks.evasion")

@@ -183,6 +183,10 @@ class EvasionAttack:
                 )
         elif Specificity.UNTARGETED not in modes:
             raise ParameterError(f"{owner} is a targeted attack: pass targets (int64, one per sample)", value=None)
+        self._check_mode(targets)
+
+    def _check_mode(self, targets: torch.Tensor | None) -> None:
+        """Reject a mode (targeted when ``targets`` is given) that the attack cannot run. The base accepts both."""
 
     def _attack_once(
         self,

@@ -109,4 +109,5 @@ def test_attack_classes_importable_from_attacks_package():
     from mlwarden.attacks import evasion
 
     assert set(evasion.__all__) <= set(attacks.__all__)
-    assert attacks.PGD is PGD and attacks.StrongestAttack is StrongestAttack
+    assert attacks.PGD is PGD
+    assert attacks.StrongestAttack is StrongestAttack

@@ -115,16 +115,7 @@ class StrongestAttack(EvasionAttack):
         """Return the settings, with each member as its name and settings."""
         return {"attacks": [{"name": m.name, **m.settings()} for m in self.attacks], "seed": self.seed}
 
-    def _check_batch(
-        self,
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
-        targets: torch.Tensor | None,
-        low: float,
-        high: float,
-        from_model: bool = False,
-    ) -> None:
-        super()._check_batch(inputs, labels, targets, low, high, from_model)
+    def _check_mode(self, targets: torch.Tensor | None) -> None:
         # A member that cannot run targeted would otherwise fail halfway through the ensemble.
         mode = Specificity.TARGETED if targets is not None else Specificity.UNTARGETED
         for member in self.attacks:
