@@ -1,7 +1,8 @@
 """Base class of evasion attacks: input checks, budgets, verification and bookkeeping.
 
 A subclass implements :meth:`EvasionAttack._run` on the samples that still
-need work. The base class owns everything every attack must get right:
+need work (or, when its first pass through the model is at the inputs,
+:meth:`EvasionAttack._run_at_input` on the whole batch). The base class owns everything every attack must get right:
 
 - it checks inputs, labels, targets and bounds, and rejects an untargeted
   attack given targets (or the reverse) instead of silently reinterpreting them;
@@ -55,12 +56,18 @@ class EvasionAttack:
         Norm of the budget ``eps``; None for attacks without one.
     needs_eps : bool
         Whether a call must give ``eps``.
+    starts_at_input : bool
+        Whether the attack implements :meth:`_run_at_input` instead of
+        :meth:`_run`: its first pass through the model, at the inputs
+        themselves, then gives the clean prediction too, which saves a pass.
     """
 
     name: ClassVar[str] = "attack"
     profile: ClassVar[ThreatProfile]
     norm: ClassVar[str | None] = None
     needs_eps: ClassVar[bool] = False
+    # True for attacks whose first pass through the model is at the inputs (see _run_at_input).
+    starts_at_input: ClassVar[bool] = False
 
     def settings(self) -> dict[str, object]:
         """Return the constructor settings, as stored in ``results.json``."""
@@ -202,14 +209,20 @@ class EvasionAttack:
         counter = CostCounter()
         inputs = inputs.detach()
         with evaluation_mode(model):
-            clean_logits = predict_logits(model, inputs, counter)
+            if self.starts_at_input:
+                found, clean_logits = self._run_from_input(model, inputs, labels, targets, eps, bounds, indices, counter)
+                counter.queries += inputs.shape[0]
+            else:
+                clean_logits = predict_logits(model, inputs, counter)
             self._check_classes(clean_logits.shape[-1], labels, targets)
             clean_predictions = clean_logits.argmax(1)
             already = self._is_adversarial(clean_predictions, labels, targets)
             adversarial = inputs.clone()
             active = (~already).nonzero().flatten()
             queries_per_sample = None
-            if len(active):
+            if len(active) and self.starts_at_input:
+                adversarial[active] = self._enforce_budget(found[active].detach(), inputs[active], eps, bounds)
+            elif len(active):
                 sub_targets = None if targets is None else targets[active]
                 found = self._run(
                     model, inputs[active], labels[active], sub_targets, eps, bounds, indices[active], counter
@@ -246,6 +259,30 @@ class EvasionAttack:
             cost=cost,
             queries_per_sample=queries_per_sample,
         )
+
+    def _run_from_input(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        eps: float | None,
+        bounds: tuple[float, float],
+        indices: torch.Tensor,
+        counter: CostCounter,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run an attack that sets ``starts_at_input`` on the whole batch; return ``(candidates, clean_logits)``.
+
+        Its first pass through the model is at the inputs themselves, so that
+        pass also gives the clean prediction and the base class skips its
+        own. A label or target the model has no output for is reported as
+        for any other attack.
+        """
+        try:
+            return self._run_at_input(model, inputs, labels, targets, eps, bounds, indices, counter)
+        except (IndexError, RuntimeError):
+            self._check_classes(predict_logits(model, inputs[:1]).shape[-1], labels, targets)
+            raise
 
     def _check_classes(self, classes: int, labels: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Reject labels or targets the model has no output for; warn about targets equal to the label."""
@@ -291,6 +328,24 @@ class EvasionAttack:
         return adversarial
 
     # --- for subclasses -------------------------------------------------------------
+
+    def _run_at_input(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        eps: float | None,
+        bounds: tuple[float, float],
+        indices: torch.Tensor,
+        counter: CostCounter,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return candidates for every sample and the logits of the inputs, for ``starts_at_input`` attacks.
+
+        Called on the whole batch, samples already adversarial included: the
+        base class keeps those unchanged and verifies the others.
+        """
+        raise NotImplementedError
 
     def _run(
         self,

@@ -79,7 +79,26 @@ def test_misclassified_inputs_left_unchanged(name, lenet, small_batch):
     result = run(name, lenet, inputs, wrong_labels)
     assert bool(result.already_adversarial.all())
     assert torch.equal(result.adversarial, inputs)
-    assert result.cost.gradients == 0
+    # FGSM takes its one gradient in the pass that gives the clean prediction; the others spend none.
+    assert result.cost.gradients == (len(inputs) if name == "fgsm" else 0)
+
+
+def test_fgsm_one_gradient_pass_gives_clean_prediction(lenet, small_batch):
+    inputs, labels = small_batch
+    result = FGSM()(lenet, inputs, labels, eps=0.1)
+    with torch.no_grad():
+        expected = lenet(inputs).argmax(1)
+        fresh = lenet(result.adversarial).argmax(1)
+    assert torch.equal(result.clean_predictions, expected)
+    assert torch.equal(result.predictions, fresh)
+    assert result.cost.gradients == len(inputs)
+    assert result.cost.queries == len(inputs)
+
+
+def test_fgsm_label_outside_model_outputs_gets_clear_error(lenet, small_batch):
+    inputs, labels = small_batch
+    with pytest.raises(ParameterError, match="labels must be classes 0 to 9"):
+        FGSM()(lenet, inputs, torch.full_like(labels, 12), eps=0.1)
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

@@ -66,7 +66,10 @@ class FastGradientSignMethod(EvasionAttack):
         level=Level.IMAGE,
     )
 
-    def _run(
+    # The gradient pass at the inputs also gives the clean prediction.
+    starts_at_input = True
+
+    def _run_at_input(
         self,
         model: nn.Module,
         inputs: torch.Tensor,
@@ -76,10 +79,10 @@ class FastGradientSignMethod(EvasionAttack):
         bounds: tuple[float, float],
         indices: torch.Tensor,
         counter: CostCounter,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         assert eps is not None  # the base class requires eps (needs_eps)
-        _, gradient = attack_loss_gradient(model, inputs, labels, targets, counter)
-        return (inputs + eps * gradient.sign()).clamp(*bounds)
+        logits, gradient = attack_loss_gradient(model, inputs, labels, targets, counter)
+        return (inputs + eps * gradient.sign()).clamp(*bounds), logits
 
 
 class BasicIterativeMethod(EvasionAttack):
