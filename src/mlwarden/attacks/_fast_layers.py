@@ -30,7 +30,7 @@ gradient to float rounding, the pooling to the bit). A convolution is
 rewritten only when its input has at most two channels and requires a
 gradient. A pooled value that ties within its window sends its gradient to
 the first maximum in row-major order, as ``max_pool2d`` does. The
-convolution kernel is fixed rather than timed, so that two runs of an
+convolution kernel is fixed rather than chosen by timing, so two runs of an
 attack compute the same gradients to the bit. The model itself is never
 changed. Outside the mode nothing is different.
 
@@ -252,9 +252,9 @@ def fast_layers(*, always: bool = False) -> TorchFunctionMode:
     """Return a context manager under which qualifying layers run on the faster kernels.
 
     Run both the forward pass and any backward pass inside it. The
-    convolution gradient is used wherever it fits; the pooling, by default,
-    only where it timed faster than torch's on this machine (measured once
-    per kind of input). ``always=True`` uses it wherever it fits, as the
-    tests do.
+    convolution gradient is used wherever it fits. By default the pooling is
+    used only where it timed faster than torch's on this machine, measured
+    once per kind of input, and ``always=True`` uses it wherever it fits,
+    as the tests do.
     """
     return _FastLayerMode(always)

@@ -43,10 +43,11 @@ def perturbation_norms(adversarial: torch.Tensor, inputs: torch.Tensor) -> dict[
     than 1e-6.
     """
     delta = (adversarial - inputs).flatten(1)
+    magnitude = delta.abs()
     return {
-        "l0": (delta.abs() > 1e-6).sum(1).to(torch.float32),
+        "l0": (magnitude > 1e-6).sum(1).to(torch.float32),
         "l2": delta.norm(p=2, dim=1),
-        "linf": delta.abs().amax(dim=1) if delta.shape[1] else torch.zeros(delta.shape[0]),
+        "linf": magnitude.amax(dim=1) if delta.shape[1] else torch.zeros(delta.shape[0]),
     }
 
 

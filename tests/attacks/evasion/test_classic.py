@@ -83,7 +83,7 @@ def test_misclassified_inputs_left_unchanged(name, lenet, small_batch):
     assert result.cost.gradients == (len(inputs) if name == "fgsm" else 0)
 
 
-def test_fgsm_one_gradient_pass_gives_clean_prediction(lenet, small_batch):
+def test_fgsm_clean_prediction_from_gradient_pass(lenet, small_batch):
     inputs, labels = small_batch
     result = FGSM()(lenet, inputs, labels, eps=0.1)
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_fgsm_one_gradient_pass_gives_clean_prediction(lenet, small_batch):
     assert result.cost.queries == len(inputs)
 
 
-def test_fgsm_label_outside_model_outputs_gets_clear_error(lenet, small_batch):
+def test_fgsm_label_out_of_range_error(lenet, small_batch):
     inputs, labels = small_batch
     with pytest.raises(ParameterError, match="labels must be classes 0 to 9"):
         FGSM()(lenet, inputs, torch.full_like(labels, 12), eps=0.1)
