@@ -376,3 +376,21 @@ def test_apgd_errors_use_the_command_line_name():
 
     with pytest.raises(ParameterError, match=r"^apgd-dlr \(AutoProjectedGradientDescent\): steps"):
         APGD(loss="dlr", steps=0)
+
+
+class _MeanBrightness(torch.nn.Module):
+    """Scores two classes by the mean pixel: the backward pass of ``sum`` gives an expanded (stride 0) gradient."""
+
+    def forward(self, inputs):
+        mean = inputs.sum(dim=(1, 2, 3)) / inputs[0].numel()
+        return torch.stack([mean, 1 - mean], dim=1) * 10
+
+
+def test_fgsm_expanded_gradient():
+    inputs = torch.full((3, 1, 4, 4), 0.4)
+    labels = torch.zeros(3, dtype=torch.int64)  # class 0 wins above a mean of 0.5
+    result = FGSM()(_MeanBrightness(), inputs, labels, eps=0.2)
+    assert bool(result.already_adversarial.all())
+    result = FGSM()(_MeanBrightness(), inputs, torch.ones(3, dtype=torch.int64), eps=0.2)
+    assert torch.allclose(result.adversarial, torch.full_like(inputs, 0.6))
+    assert bool(result.success.all())

@@ -82,7 +82,7 @@ class FastGradientSignMethod(EvasionAttack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert eps is not None  # the base class requires eps (needs_eps)
         logits, gradient = attack_loss_gradient(model, inputs, labels, targets, counter)
-        return inputs.add(gradient.sign_(), alpha=eps).clamp_(*bounds), logits
+        return inputs.add(gradient.sign(), alpha=eps).clamp_(*bounds), logits
 
 
 class BasicIterativeMethod(EvasionAttack):
