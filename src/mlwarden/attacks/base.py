@@ -1,8 +1,9 @@
 """Base class of evasion attacks: input checks, budgets, verification and bookkeeping.
 
 A subclass implements :meth:`EvasionAttack._run` on the samples that still
-need work (or, when its first pass through the model is at the inputs,
-:meth:`EvasionAttack._run_at_input` on the whole batch). The base class owns everything every attack must get right:
+need work, or, when its first pass through the model is at the inputs,
+:meth:`EvasionAttack._run_at_input` on the whole batch. The base class owns
+everything every attack must get right:
 
 - it checks inputs, labels, targets and bounds, and rejects an untargeted
   attack given targets (or the reverse) instead of silently reinterpreting them;
