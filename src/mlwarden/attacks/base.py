@@ -17,6 +17,7 @@ everything every attack must get right:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -163,9 +164,17 @@ class EvasionAttack:
             )
         if labels.dtype != torch.int64:
             raise ParameterError(f"{owner}: labels must be int64, got {labels.dtype}", value=labels.dtype)
-        if inputs.numel() and (float(inputs.min()) < low - _BOUNDS_TOLERANCE or float(inputs.max()) > high + _BOUNDS_TOLERANCE):
+        smallest, largest = (float(value) for value in torch.aminmax(inputs)) if inputs.numel() else (low, high)
+        if math.isnan(smallest) or math.isnan(largest):
+            samples = inputs.flatten(1).isnan().any(1).nonzero().flatten()
             raise ParameterError(
-                f"{owner}: inputs range from {float(inputs.min()):g} to {float(inputs.max()):g}, outside the bounds "
+                f"{owner}: inputs contain NaN values in {len(samples)} samples (the first is sample "
+                f"{int(samples[0])}); drop those samples or replace their NaN values",
+                value=int(samples[0]),
+            )
+        if smallest < low - _BOUNDS_TOLERANCE or largest > high + _BOUNDS_TOLERANCE:
+            raise ParameterError(
+                f"{owner}: inputs range from {smallest:g} to {largest:g}, outside the bounds "
                 f"[{low:g}, {high:g}]"
                 + (
                     " that the model's bounds attribute declares; make the model's bounds match the range of its "
@@ -173,7 +182,7 @@ class EvasionAttack:
                     if from_model
                     else "; scale the inputs to the bounds, or pass bounds=(low, high) for the model's input range"
                 ),
-                value=(float(inputs.min()), float(inputs.max())),
+                value=(smallest, largest),
             )
         modes = self.profile.specificity
         if targets is not None:
@@ -218,8 +227,10 @@ class EvasionAttack:
             self._check_classes(clean_logits.shape[-1], labels, targets)
             clean_predictions = clean_logits.argmax(1)
             already = self._is_adversarial(clean_predictions, labels, targets)
+            # A target equal to the label asks for nothing: attacking it would only repair misclassified inputs.
+            left_alone = already if targets is None else already | (targets == labels)
             adversarial = inputs.clone()
-            active = (~already).nonzero().flatten()
+            active = (~left_alone).nonzero().flatten()
             queries_per_sample = None
             if len(active) and self.starts_at_input:
                 adversarial[active] = self._enforce_budget(found[active].detach(), inputs[active], eps, bounds)
@@ -301,8 +312,8 @@ class EvasionAttack:
             same = int((targets == labels).sum())
             if same:
                 logger.warning(
-                    "%s: %d of %d targets equal the true label; those samples count as already on target "
-                    "and are left unchanged",
+                    "%s: %d of %d targets equal the true label; those samples are left unchanged, and count as "
+                    "on target only where the model already predicts their label",
                     self.name,
                     same,
                     len(labels),

@@ -26,9 +26,11 @@ def test_dlr_loss_values():
     assert float(dlr_loss(logits, label, target)) == pytest.approx(-(3 - 0) / (3 - (0 - 1) / 2))
 
 
-def test_dlr_loss_three_classes_targeted_uses_third_logit():
+def test_dlr_loss_targeted_rejects_three_classes():
+    # With 3 classes the 3rd largest logit can be the target's own: the ratio would be a constant -1 here.
     logits = torch.tensor([[2.0, 1.0, -1.0]])
-    assert float(dlr_loss(logits, torch.tensor([0]), torch.tensor([2]))) == pytest.approx(-(2 + 1) / (2 + 1))
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        dlr_loss(logits, torch.tensor([0]), torch.tensor([2]))
 
 
 def test_dlr_loss_rejects_two_classes():

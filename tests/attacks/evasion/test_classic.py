@@ -363,6 +363,27 @@ def test_target_equal_to_label_warned_and_left_alone(lenet, small_batch, caplog)
     assert torch.equal(result.adversarial[~result.attacked], inputs[:8][~result.attacked])
 
 
+@pytest.mark.parametrize("name", ["fgsm", "bim"])
+def test_target_equal_to_label_never_repairs(name, lenet, small_batch):
+    inputs, _ = small_batch
+    with torch.no_grad():
+        predictions = lenet(inputs).argmax(1)
+    labels = (predictions + 1) % 10  # every input misclassified
+    factory, keywords, _ = ATTACKS[name]
+    result = factory()(lenet, inputs, labels, labels.clone(), **keywords)
+    assert torch.equal(result.adversarial, inputs)
+    assert not bool(result.success.any())
+    assert torch.equal(result.predictions, predictions)
+
+
+def test_nan_inputs_rejected(lenet, small_batch):
+    inputs, labels = small_batch
+    inputs = inputs[:4].clone()
+    inputs[2, 0, 5, 5] = float("nan")
+    with pytest.raises(ParameterError, match="NaN values in 1 samples \\(the first is sample 2\\)"):
+        FGSM()(lenet, inputs, labels[:4], eps=0.1)
+
+
 def test_bounds_attribute_named_when_inputs_exceed_it(small_batch):
     inputs, labels = small_batch
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))

@@ -23,9 +23,8 @@ target in targeted runs). ``dlr``, the difference of logits ratio, is
 ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` targeted, with ``z_pi``
 the logits sorted in decreasing order. DLR is invariant to shifting and
 scaling the logits, so it keeps its gradient where the cross-entropy
-saturates. DLR needs 3 classes (4 when targeted). On a model with 3 classes
-a targeted run uses the untargeted denominator, and on 2 classes the attack
-falls back to cross-entropy. Both adaptations are logged as warnings.
+saturates. DLR needs 3 classes (4 when targeted). Where the model has fewer,
+the attack falls back to cross-entropy and logs a warning.
 
 A sample stops at its first adversarial iterate, which is returned. For the
 others, the iterate of highest loss over all restarts is returned. Random
@@ -98,17 +97,18 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor |
     """Return the per-sample difference-of-logits-ratio loss that the attacker ascends.
 
     Untargeted runs need at least 3 classes. Targeted runs use
-    ``(z_pi3 + z_pi4) / 2`` in the denominator with 4 or more classes and
-    ``z_pi3`` with exactly 3.
+    ``(z_pi3 + z_pi4) / 2`` in the denominator and need at least 4.
 
     Raises
     ------
     ValueError
-        The logits have fewer than 3 classes; use cross-entropy instead.
+        The logits have too few classes; use cross-entropy instead.
     """
     classes = logits.shape[1]
     if classes < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, the logits have {classes}; use cross-entropy")
+    if targets is not None and classes < 4:
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes, the logits have {classes}; use cross-entropy")
     ranked = logits.sort(dim=1, descending=True).values
     true_logit = logits.gather(1, labels[:, None]).squeeze(1)
     if targets is None:
@@ -116,7 +116,7 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor |
         scale = ranked[:, 0] - ranked[:, 2]
         return -(true_logit - best_other) / (scale + _DLR_EPSILON)
     target_logit = logits.gather(1, targets[:, None]).squeeze(1)
-    third = (ranked[:, 2] + ranked[:, 3]) / 2 if classes >= 4 else ranked[:, 2]
+    third = (ranked[:, 2] + ranked[:, 3]) / 2
     return -(true_logit - target_logit) / (ranked[:, 0] - third + _DLR_EPSILON)
 
 
@@ -211,15 +211,17 @@ class AutoProjectedGradientDescent(EvasionAttack):
     ) -> torch.Tensor:
         """Return the loss each sample ascends, adapting DLR to models with few classes."""
         classes = logits.shape[1]
-        if self.loss == "dlr" and classes >= 3:
-            if targets is not None and classes == 3:
-                self._log_adaptation(
-                    "targeted-3",
-                    "%s: the targeted DLR loss averages the 3rd and 4th largest logits, but the model has 3 "
-                    "classes; using the 3rd largest logit alone",
-                )
+        if self.loss == "dlr" and classes >= (3 if targets is None else 4):
             return dlr_loss(logits, labels, targets)
-        if self.loss == "dlr":
+        if self.loss == "dlr" and classes == 3:
+            # With 3 classes the 3rd largest logit is often the target's or the label's own, and then the
+            # ratio is constant (-1 when the label ranks first and the target last), so its gradient is zero.
+            self._log_adaptation(
+                "targeted-3",
+                "%s: the targeted DLR loss needs at least 4 classes (it averages the 3rd and 4th largest logits), "
+                "but the model has 3; using cross-entropy instead",
+            )
+        elif self.loss == "dlr":
             self._log_adaptation(
                 "ce-fallback",
                 f"%s: the DLR loss needs at least 3 classes, but the model has {classes}; using cross-entropy instead",
