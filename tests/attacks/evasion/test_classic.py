@@ -415,3 +415,19 @@ def test_fgsm_expanded_gradient():
     result = FGSM()(_MeanBrightness(), inputs, torch.ones(3, dtype=torch.int64), eps=0.2)
     assert torch.allclose(result.adversarial, torch.full_like(inputs, 0.6))
     assert bool(result.success.all())
+
+
+def test_deepfool_success_clear_of_boundary(lenet, fashion_test):
+    inputs, labels = fashion_test.images[:64], fashion_test.labels[:64]
+    result = DeepFool(steps=50)(lenet, inputs, labels)
+    fooled = result.success & ~result.already_adversarial
+    with torch.no_grad():
+        logits = lenet(result.adversarial)
+    label_logits = logits.gather(1, labels[:, None]).squeeze(1)
+    lead = logits.scatter(1, labels[:, None], float("-inf")).amax(1) - label_logits
+    assert int(fooled.sum()) > 50
+    assert bool((lead[fooled] > 1e-4 * label_logits[fooled].abs().clamp_min(1.0)).all())
+    # Each success must hold in another batch size, where the convolution rounds differently.
+    with torch.no_grad():
+        alone = torch.cat([lenet(image[None]).argmax(1) for image in result.adversarial])
+    assert torch.equal(alone, result.predictions)
