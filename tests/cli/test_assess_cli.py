@@ -204,3 +204,25 @@ def test_figure_count_includes_the_curves(tmp_path, capsys):
     assert main(["assess", "--attack", "deepfool", "--limit", "20", "--output", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["01-deepfool.png", "robustness-curves.png"]
     assert "and 2 figures in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--model", "os.path:join"], "failed when called without arguments: TypeError"),
+        (["--model", "lenet5", "--weights", "README.md"], "the zoo loads its own weights"),
+        (["--output", "/proc/mlwarden-test-output"], "cannot write to '/proc/mlwarden-test-output'"),
+    ],
+    ids=["factory-needs-arguments", "zoo-with-weights", "unwritable-output"],
+)
+def test_model_and_output_errors_one_line(arguments, message, capsys):
+    assert main(["assess", "--attack", "fgsm", "--limit", "5", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+
+
+def test_resume_without_earlier_run_rejected(tmp_path, capsys):
+    assert main(["assess", "--resume", str(tmp_path)]) == 2
+    assert "no earlier assessment found there" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()

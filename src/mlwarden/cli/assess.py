@@ -148,13 +148,25 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if not args.resume.is_dir():
             raise ParameterError(f"--resume {args.resume}: directory not found", value=str(args.resume))
+        if not (args.resume / PLAN_FILE).is_file() and not (args.resume / UNITS_FOLDER).is_dir():
+            raise ParameterError(
+                f"--resume {args.resume}: no earlier assessment found there (no {PLAN_FILE} and no {UNITS_FOLDER} "
+                f"folder); start one with --output {args.resume}",
+                value=str(args.resume),
+            )
         if args.output is not None and args.output != args.resume:
             raise ParameterError(
                 f"--resume {args.resume} writes its results there; drop --output {args.output}", value=str(args.output)
             )
         output = check_output_path(args.resume, "assess", name="--resume", folder=True)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / PLAN_FILE).write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / PLAN_FILE).write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    except OSError as error:
+        raise ParameterError(
+            f"assess: cannot write to {str(output)!r} ({error.strerror or error}); pass a writable folder with --output",
+            value=str(output),
+        ) from error
     results = run_plan(
         plan,
         engine=args.engine,

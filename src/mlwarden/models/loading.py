@@ -69,6 +69,13 @@ def resolve_model(spec: str, *, weights: str | Path | None = None) -> LoadedMode
     if ":" in spec and not Path(spec).exists():
         return _from_factory(spec, weights)
     path = Path(spec)
+    if spec in ARCHITECTURES:
+        raise ModelError(
+            f"--weights {weights} with the zoo model {spec!r}: the zoo loads its own weights; for weights of your "
+            f"own pass their .safetensors file (with its sidecar) as the model, or package.module:factory --weights "
+            "FILE for a state dict",
+            value=str(weights),
+        )
     if not path.exists():
         raise ModelError(
             f"model {spec!r} is neither a zoo name ({', '.join(sorted(ARCHITECTURES))}), an existing file, "
@@ -119,7 +126,14 @@ def _from_factory(spec: str, weights: str | Path | None) -> LoadedModel:
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no callable {attribute!r} for model {spec!r}", value=spec)
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # the user's own code: any failure is reported as a model error
+        raise ModelError(
+            f"model factory {spec!r} failed when called without arguments: {type(error).__name__}: {error}; the "
+            "factory must build the model with no arguments",
+            value=spec,
+        ) from error
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module", value=spec)
     digest = None
