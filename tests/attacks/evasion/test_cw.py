@@ -98,3 +98,27 @@ def test_failed_samples_continue_searching(lenet, fashion_test):
     result = CW(steps=10, binary_search_steps=5, initial_const=1.0)(lenet, inputs, labels)
     assert result.success_rate > 0.8
     assert bool((result.l2[result.success & result.attacked] > 0).all())
+
+
+class _ByteRange(torch.nn.Module):
+    """The shipped LeNet taking pixels in [0, 255]."""
+
+    bounds = (0.0, 255.0)
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs):
+        return self.model(inputs / 255)
+
+
+def test_byte_range_model_as_vulnerable(lenet, batch):
+    inputs, labels = batch
+    attack = CW(steps=30, binary_search_steps=3)
+    unit = attack(lenet, inputs, labels)
+    byte = attack(_ByteRange(lenet), inputs * 255, labels)
+    assert int(byte.success.sum()) >= int(unit.success.sum()) - 1
+    # The same images, scaled: the L2 norms scale by 255.
+    fooled = byte.success & unit.success & ~unit.already_adversarial
+    assert torch.allclose(byte.l2[fooled] / 255, unit.l2[fooled], rtol=0.05)

@@ -3,8 +3,9 @@
 Reference: N. Carlini, D. Wagner, "Towards evaluating the robustness of
 neural networks", IEEE Symposium on Security and Privacy 2017.
 
-The attack minimizes ``||x - x0||_2^2 + c * f(x)`` where ``f`` is the logit
-margin clipped at ``-kappa``: untargeted ``max(z_y - max_{i != y} z_i, -kappa)``,
+The attack minimizes ``||x - x0||_2^2 / (high - low)^2 + c * f(x)``, the
+distance measured in units of the input range so that the constants mean the
+same for any bounds, where ``f`` is the logit margin clipped at ``-kappa``: untargeted ``max(z_y - max_{i != y} z_i, -kappa)``,
 targeted ``max(max_{i != t} z_i - z_t, -kappa)``. The box constraint is
 removed by the change of variables ``x = low + (high - low) * (tanh(w) + 1) / 2``,
 so every iterate lies within the bounds, and ``w`` is optimized with Adam.
@@ -222,7 +223,9 @@ class CarliniWagnerL2(EvasionAttack):
                 logits = model(candidate)
                 squared_distance = (candidate - inputs[rows]).flatten(1).pow(2).sum(1)
                 margin = logit_margin(logits, sub_labels, sub_targets)
-                objective = squared_distance + const[rows] * margin.clamp_min(-self.kappa)
+                # The distance term is in units of the input range, so a constant weighs the same against it
+                # for bounds [0, 1], [-1, 1] or [0, 255].
+                objective = squared_distance / (high - low) ** 2 + const[rows] * margin.clamp_min(-self.kappa)
                 (gradient,) = torch.autograd.grad(objective.sum(), w)
             counter.gradients += len(rows)
             w = w.detach()
