@@ -135,7 +135,7 @@ def run_plan_poisoning(
         return []
     context = AssessmentContext(
         test=test,
-        load_train=lambda: load_dataset(plan.data, "train"),
+        load_train=lambda: load_dataset(plan.data, "train").scaled_to(bounds),
         seed=plan.seed,
         batch_size=plan.batch_size,
         bounds=bounds,

@@ -76,7 +76,7 @@ def run_assessment(plan: Plan, *, progress: bool | None = None) -> dict[str, Any
 
     context = AssessmentContext(
         test=data,
-        load_train=lambda: load_dataset(plan.data, "train"),
+        load_train=lambda: load_dataset(plan.data, "train").scaled_to(bounds),
         seed=plan.seed,
         batch_size=plan.batch_size,
         bounds=bounds,
@@ -105,9 +105,10 @@ def load_inputs(plan: Plan) -> tuple[LoadedModel, Dataset, tuple[float, float]]:
     """Load the plan's model and data, check that they fit together, and return them with the input bounds."""
     loaded = resolve_model(plan.model, weights=plan.weights)
     data = load_dataset(plan.data, plan.split).subset(plan.limit)
+    bounds = model_bounds(loaded.model, data.bounds if not hasattr(loaded.model, "bounds") else None)
+    data = data.scaled_to(bounds)
     _check_labels_fit_model(loaded.model, data)
     check_model_output(loaded.model, data.images[:2], data.num_classes)
-    bounds = model_bounds(loaded.model, data.bounds if not hasattr(loaded.model, "bounds") else None)
     return loaded, data, bounds
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,28 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.class_names)
+
+    def scaled_to(self, bounds: tuple[float, float]) -> Dataset:
+        """Return the data with its pixel values mapped linearly from ``self.bounds`` onto ``bounds``.
+
+        A model that declares bounds such as (-1, 1) or (0, 255) expects its
+        inputs there, while image files load into [0, 1]; unscaled, the
+        assessment would run on inputs the model never sees. Equal ranges
+        return the data itself.
+        """
+        if tuple(self.bounds) == tuple(bounds):
+            return self
+        (data_low, data_high), (low, high) = self.bounds, bounds
+        logger.warning(
+            "scaling the %s images from their range [%g, %g] to the model's bounds [%g, %g]",
+            self.name,
+            data_low,
+            data_high,
+            low,
+            high,
+        )
+        images = low + (self.images - data_low) * ((high - low) / (data_high - data_low))
+        return replace(self, images=images.clamp(low, high), bounds=(float(low), float(high)))
 
     def subset(self, count: int | None) -> Dataset:
         """Return the first ``count`` samples (all when ``count`` is None)."""
