@@ -68,6 +68,8 @@ class EvasionAttack:
     profile: ClassVar[ThreatProfile]
     norm: ClassVar[str | None] = None
     needs_eps: ClassVar[bool] = False
+    # For attacks without an eps budget: how their perturbation is bounded instead, for error messages.
+    budget_hint: ClassVar[str] = ""
     # True for attacks whose first pass through the model is at the inputs (see _run_at_input).
     starts_at_input: ClassVar[bool] = False
 
@@ -126,6 +128,12 @@ class EvasionAttack:
             raise ParameterError(f"{self.name}: eps is required; pass eps=0.1 or a list such as [0.05, 0.1]", value=eps)
         if eps is None:
             return self._attack_once(model, inputs, labels, targets, None, (low, high), indices)
+        if self.norm not in ("linf", "l2"):
+            raise ParameterError(
+                f"{self.name}: eps sets an L-inf or L2 budget, which this attack does not take; drop eps"
+                + (f" and {self.budget_hint}" if self.budget_hint else ""),
+                value=eps,
+            )
         budgets = check_eps(eps, self.name)
         if self.norm == "linf" and max(budgets) >= high - low:
             logger.warning(
@@ -219,11 +227,17 @@ class EvasionAttack:
         counter = CostCounter()
         inputs = inputs.detach()
         with evaluation_mode(model):
-            if self.starts_at_input:
-                found, clean_logits = self._run_from_input(model, inputs, labels, targets, eps, bounds, indices, counter)
-                counter.queries += inputs.shape[0]
-            else:
-                clean_logits = predict_logits(model, inputs, counter)
+            try:
+                if self.starts_at_input:
+                    found, clean_logits = self._run_from_input(
+                        model, inputs, labels, targets, eps, bounds, indices, counter
+                    )
+                    counter.queries += inputs.shape[0]
+                else:
+                    clean_logits = predict_logits(model, inputs, counter)
+            except RuntimeError as error:
+                _explain_dtype_mismatch(self.name, model, inputs, error)
+                raise
             self._check_classes(clean_logits.shape[-1], labels, targets)
             clean_predictions = clean_logits.argmax(1)
             already = self._is_adversarial(clean_predictions, labels, targets)
@@ -405,3 +419,14 @@ def _round_into_budget(adversarial: torch.Tensor, inputs: torch.Tensor, eps: flo
             shrink = torch.where(over, eps / norms.clamp_min(1e-12) * (1 - 1e-6), torch.ones_like(norms))
             adversarial = inputs + delta * shrink.view(-1, *([1] * (delta.dim() - 1)))
     return adversarial
+
+
+def _explain_dtype_mismatch(owner: str, model: nn.Module, inputs: torch.Tensor, error: RuntimeError) -> None:
+    """Raise a :class:`ParameterError` naming the fix when the model failed on inputs of another dtype than its own."""
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if parameter is not None and parameter.dtype != inputs.dtype:
+        raise ParameterError(
+            f"{owner}: the model failed on {inputs.dtype} inputs, and its parameters are {parameter.dtype}; convert "
+            f"the inputs with inputs.to({parameter.dtype}) or the model with model.to({inputs.dtype})",
+            value=str(inputs.dtype),
+        ) from error

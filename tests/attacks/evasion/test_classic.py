@@ -431,3 +431,18 @@ def test_deepfool_success_clear_of_boundary(lenet, fashion_test):
     with torch.no_grad():
         alone = torch.cat([lenet(image[None]).argmax(1) for image in result.adversarial])
     assert torch.equal(alone, result.predictions)
+
+
+def test_jsma_rejects_eps(lenet, small_batch):
+    inputs, labels = small_batch
+    targets = (labels[:2] + 1) % 10
+    with pytest.raises(ParameterError, match="does not take; drop eps and set gamma"):
+        JSMA()(lenet, inputs[:2], labels[:2], targets, eps=0.5)
+
+
+def test_double_inputs_to_float_model_explained(lenet, small_batch):
+    inputs, labels = small_batch
+    with pytest.raises(ParameterError, match=r"failed on torch.float64 inputs.*inputs.to\(torch.float32\)"):
+        FGSM()(lenet, inputs[:2].double(), labels[:2], eps=0.1)
+    with pytest.raises(ParameterError, match="failed on torch.float64 inputs"):
+        DeepFool(steps=2)(lenet, inputs[:2].double(), labels[:2])

@@ -91,6 +91,7 @@ class SaliencyMapMethod(EvasionAttack):
     name = "jsma"
     norm = "l0"
     needs_eps = False
+    budget_hint = "set gamma, the largest fraction of input elements it may change"
     profile = ThreatProfile(
         goal=Goal.INTEGRITY,
         stage=Stage.INFERENCE,

@@ -83,6 +83,7 @@ class OnePixelAttack(EvasionAttack):
     name = "onepixel"
     norm = "l0"
     needs_eps = False
+    budget_hint = "set pixels, the number of pixels it may change"
     profile = ThreatProfile(
         goal=Goal.INTEGRITY,
         stage=Stage.INFERENCE,
