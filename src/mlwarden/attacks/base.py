@@ -241,7 +241,8 @@ class EvasionAttack:
             self._check_classes(clean_logits.shape[-1], labels, targets)
             clean_predictions = clean_logits.argmax(1)
             already = self._is_adversarial(clean_predictions, labels, targets)
-            # A target equal to the label asks for nothing: attacking it would only repair misclassified inputs.
+            # A target equal to the label leaves nothing to attack: an attack could only move a misclassified
+            # input back to its label.
             left_alone = already if targets is None else already | (targets == labels)
             adversarial = inputs.clone()
             active = (~left_alone).nonzero().flatten()

@@ -99,9 +99,9 @@ class Dataset:
         """Return the data with its pixel values mapped linearly from ``self.bounds`` onto ``bounds``.
 
         A model that declares bounds such as (-1, 1) or (0, 255) expects its
-        inputs there, while image files load into [0, 1]; unscaled, the
-        assessment would run on inputs the model never sees. Equal ranges
-        return the data itself.
+        inputs there, while image files load into [0, 1]. Unscaled, an
+        assessment would run on inputs outside the range the model was
+        trained on. Equal ranges return the data itself.
         """
         if tuple(self.bounds) == tuple(bounds):
             return self
