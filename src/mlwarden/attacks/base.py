@@ -229,14 +229,18 @@ class EvasionAttack:
         with evaluation_mode(model):
             try:
                 if self.starts_at_input:
-                    found, clean_logits = self._run_from_input(
+                    # The attack's first pass, at the inputs, also gives the clean prediction.
+                    found, clean_logits = self._run_at_input(
                         model, inputs, labels, targets, eps, bounds, indices, counter
                     )
                     counter.queries += inputs.shape[0]
                 else:
                     clean_logits = predict_logits(model, inputs, counter)
-            except RuntimeError as error:
+            except (IndexError, RuntimeError) as error:
                 _explain_dtype_mismatch(self.name, model, inputs, error)
+                if self.starts_at_input:
+                    # The loss of that pass fails on labels the model has no output for: say so plainly.
+                    self._check_classes(predict_logits(model, inputs[:1]).shape[-1], labels, targets)
                 raise
             self._check_classes(clean_logits.shape[-1], labels, targets)
             clean_predictions = clean_logits.argmax(1)
@@ -286,30 +290,6 @@ class EvasionAttack:
             cost=cost,
             queries_per_sample=queries_per_sample,
         )
-
-    def _run_from_input(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
-        targets: torch.Tensor | None,
-        eps: float | None,
-        bounds: tuple[float, float],
-        indices: torch.Tensor,
-        counter: CostCounter,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run an attack that sets ``starts_at_input`` on the whole batch; return ``(candidates, clean_logits)``.
-
-        Its first pass through the model is at the inputs themselves, so that
-        pass also gives the clean prediction and the base class skips its
-        own. A label or target the model has no output for is reported as
-        for any other attack.
-        """
-        try:
-            return self._run_at_input(model, inputs, labels, targets, eps, bounds, indices, counter)
-        except (IndexError, RuntimeError):
-            self._check_classes(predict_logits(model, inputs[:1]).shape[-1], labels, targets)
-            raise
 
     def _check_classes(self, classes: int, labels: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Reject labels or targets the model has no output for; warn about targets equal to the label."""
@@ -422,7 +402,7 @@ def _round_into_budget(adversarial: torch.Tensor, inputs: torch.Tensor, eps: flo
     return adversarial
 
 
-def _explain_dtype_mismatch(owner: str, model: nn.Module, inputs: torch.Tensor, error: RuntimeError) -> None:
+def _explain_dtype_mismatch(owner: str, model: nn.Module, inputs: torch.Tensor, error: Exception) -> None:
     """Raise a :class:`ParameterError` naming the fix when the model failed on inputs of another dtype than its own."""
     parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
     if parameter is not None and parameter.dtype != inputs.dtype:
