@@ -212,8 +212,9 @@ def test_figure_count_includes_the_curves(tmp_path, capsys):
         (["--model", "os.path:join"], "failed when called without arguments: TypeError"),
         (["--model", "lenet5", "--weights", "README.md"], "the zoo loads its own weights"),
         (["--output", "/proc/mlwarden-test-output"], "cannot write to '/proc/mlwarden-test-output'"),
+        (["--model", "no_such_module_here:build"], "with PYTHONPATH set to the folder that holds it"),
     ],
-    ids=["factory-needs-arguments", "zoo-with-weights", "unwritable-output"],
+    ids=["factory-needs-arguments", "zoo-with-weights", "unwritable-output", "module-not-importable"],
 )
 def test_model_and_output_errors_one_line(arguments, message, capsys):
     assert main(["assess", "--attack", "fgsm", "--limit", "5", *arguments]) == 2

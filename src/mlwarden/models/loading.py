@@ -122,7 +122,11 @@ def _from_factory(spec: str, weights: str | Path | None) -> LoadedModel:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ModelError(f"cannot import module {module_name!r} for model {spec!r}: {error}", value=spec) from None
+        raise ModelError(
+            f"cannot import module {module_name!r} for model {spec!r}: {error}; make it importable, for example "
+            "with PYTHONPATH set to the folder that holds it",
+            value=spec,
+        ) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no callable {attribute!r} for model {spec!r}", value=spec)
