@@ -239,7 +239,8 @@ class EvasionAttack:
             except (IndexError, RuntimeError) as error:
                 _explain_dtype_mismatch(self.name, model, inputs, error)
                 if self.starts_at_input:
-                    # The loss of that pass fails on labels the model has no output for: say so plainly.
+                    # That pass's loss raises a bare IndexError for labels the model has no output for, so
+                    # the class check runs first to raise a ParameterError that names the label.
                     self._check_classes(predict_logits(model, inputs[:1]).shape[-1], labels, targets)
                 raise
             self._check_classes(clean_logits.shape[-1], labels, targets)
